@@ -1,0 +1,73 @@
+"""Every environment setting the appliance reads, in one place.
+
+Callers read these through the functions below at call time (not at import time), so a test
+fixture can point every path at a temporary directory by setting environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The repository / install root holding manifests/ (the package sits beside it in a checkout;
+# in an image the manifests are copied next to the installed code).
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PROFILE = "tiny-cpu"
+
+# Switches that keep every library in the appliance off the network (DESIGN §5). They are baked
+# as ENV into the image, set for every supervised program, and checked by `appliance doctor`.
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
+}
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+def project_root() -> Path:
+    """Directory holding `manifests/` (APPLIANCE_ROOT, else the checkout the package lives in)."""
+    return _env_path("APPLIANCE_ROOT", PACKAGE_DIR.parent)
+
+
+def manifests_dir() -> Path:
+    return _env_path("APPLIANCE_MANIFESTS", project_root() / "manifests")
+
+
+def store_dir() -> Path:
+    """Where fetched models live: one directory per model (APPLIANCE_STORE, default ./store)."""
+    return _env_path("APPLIANCE_STORE", project_root() / "store")
+
+
+def fetch_workers() -> int:
+    """Files downloaded or hashed at once (APPLIANCE_FETCH_WORKERS)."""
+    return max(1, _env_int("APPLIANCE_FETCH_WORKERS", 8))
+
+
+def hash_workers() -> int:
+    """Files hashed at once by `verify --deep`: one per core (hashlib releases the GIL)."""
+    return max(1, _env_int("APPLIANCE_HASH_WORKERS", os.cpu_count() or 1))
+
+
+def debug() -> bool:
+    """APPLIANCE_DEBUG=1 shows tracebacks for expected errors."""
+    return os.environ.get("APPLIANCE_DEBUG", "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,98 @@
+"""Typed errors, grouped by theme. Each also inherits the builtin a caller would expect.
+
+The CLI prints `str(error)` as one line and exits non-zero; tracebacks only with APPLIANCE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ApplianceError(Exception):
+    """Base of every expected failure: the message alone must tell the operator what to do."""
+
+    exit_code = 1
+
+
+# --- manifests --------------------------------------------------------------------------------
+
+
+class ManifestError(ApplianceError, ValueError):
+    """A manifest, profile or lock file is invalid; the message names file, field and problem."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: invalid\n{lines}" if len(problems) > 1 else f"{path}: {problems[0]}")
+
+
+class UnknownNameError(ApplianceError, KeyError):
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, known
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(sorted(known)) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+# --- locks and store integrity ------------------------------------------------------------------
+
+
+class LockError(ApplianceError, ValueError):
+    """A lock is missing, malformed, or disagrees with its manifest (`--frozen`)."""
+
+
+class UnsafePathError(ApplianceError, ValueError):
+    """A listing names a path that would escape the model directory, or names it twice."""
+
+    def __init__(self, model: str, path: str, reason: str) -> None:
+        self.model, self.path, self.reason = model, path, reason
+        super().__init__(f"{model}: refusing file {path!r}: {reason}")
+
+
+class IntegrityError(ApplianceError):
+    """Bytes on disk or on the wire differ from what the lock or the hub promised."""
+
+    def __init__(self, model: str, path: str, problem: str) -> None:
+        self.model, self.path, self.problem = model, path, problem
+        super().__init__(f"{model}: {path}: {problem}")
+
+
+class VerifyError(ApplianceError):
+    """`verify` found problems; carries every one of them."""
+
+    def __init__(self, problems: list[IntegrityError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+class SourceError(ApplianceError):
+    """A model source could not deliver (base class of the hub errors below)."""
+
+
+class HubUnreachableError(SourceError, ConnectionError):
+    pass
+
+
+class AccessDeniedError(SourceError, PermissionError):
+    pass
+
+
+class RevisionNotFoundError(SourceError, LookupError):
+    pass
+
+
+class RepoNotFoundError(SourceError, LookupError):
+    pass
+
+
+class UnpinnedRevisionError(SourceError, ValueError):
+    pass
+
+
+class DiskFullError(ApplianceError, OSError):
+    pass

@@ -1,0 +1,118 @@
+"""Hugging Face hub (or any mirror speaking its protocol: HF_ENDPOINT) through huggingface_hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.hf_api import RepoFile
+
+from appliance import errors
+from appliance.store.sources.base import ModelSource, RemoteFile
+
+
+def endpoint() -> str:
+    # Read at call time: huggingface_hub reads HF_ENDPOINT once, at import.
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+class HFSource(ModelSource):
+    @property
+    def repo(self) -> str:
+        return self.manifest.source.location
+
+    def describe(self) -> str:
+        return f"{self.manifest.source} at {endpoint()}"
+
+    def _api(self) -> HfApi:
+        return HfApi(endpoint=endpoint())
+
+    def resolve(self, revision: str | None) -> str:
+        with self._errors(revision):
+            sha = self._api().model_info(self.repo, revision=revision).sha
+        if not sha:
+            raise errors.SourceError(f"{self.model}: {self.describe()} did not say which commit {revision!r} is")
+        return sha
+
+    def list_files(self, commit: str) -> list[RemoteFile]:
+        with self._errors(commit):
+            entries = list(self._api().list_repo_tree(self.repo, revision=commit, recursive=True))
+        return [
+            RemoteFile(
+                path=e.path,
+                size=e.size,
+                sha256=e.lfs.sha256 if e.lfs else None,
+                git_sha1=None if e.lfs else e.blob_id,
+            )
+            for e in entries
+            if isinstance(e, RepoFile)
+        ]
+
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
+        # local_dir mode keeps `.incomplete` parts and metadata under workdir/.cache, so an
+        # interrupted download resumes with a Range request instead of starting over.
+        with self._errors(commit, file.path):
+            path = hf_hub_download(self.repo, file.path, revision=commit, local_dir=workdir, endpoint=endpoint())
+        return Path(path)
+
+    def discard(self, workdir: Path, file: RemoteFile) -> None:
+        super().discard(workdir, file)
+        meta = workdir / ".cache" / "huggingface" / "download" / f"{file.path}.metadata"
+        meta.unlink(missing_ok=True)
+
+    def _errors(self, revision: str | None, path: str | None = None) -> _HFErrors:
+        return _HFErrors(self, revision, path)
+
+
+class _HFErrors:
+    """Translate huggingface_hub / httpx failures into errors that tell the operator what to do."""
+
+    def __init__(self, source: HFSource, revision: str | None, path: str | None) -> None:
+        self.source, self.revision, self.path = source, revision, path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc is None or isinstance(exc, errors.ApplianceError):
+            return False
+        where = f"{self.source.model}: {self.source.describe()}"
+        what = f" file {self.path!r}" if self.path else ""
+        if isinstance(exc, OSError) and exc.errno == 28:
+            raise errors.DiskFullError(28, f"{where}: disk full while downloading{what}") from exc
+        if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+            raise errors.HubUnreachableError(
+                f"{where}: HF_HUB_OFFLINE is set; fetching needs the hub or a mirror (unset it on the build host)"
+            ) from exc
+        if isinstance(exc, hf_errors.GatedRepoError) or (
+            isinstance(exc, hf_errors.HfHubHTTPError)
+            and exc.response is not None
+            and exc.response.status_code in (401, 403)
+            and not isinstance(exc, hf_errors.RepositoryNotFoundError)
+        ):
+            raise errors.AccessDeniedError(
+                f"{where}: access denied (gated or private repo): accept its licence on the hub and set HF_TOKEN"
+            ) from exc
+        if isinstance(exc, hf_errors.RevisionNotFoundError):
+            raise errors.RevisionNotFoundError(f"{where}: revision {self.revision!r} not found") from exc
+        if isinstance(exc, hf_errors.RepositoryNotFoundError):
+            raise errors.RepoNotFoundError(f"{where}: repository not found (or private: set HF_TOKEN)") from exc
+        if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+            raise errors.SourceError(f"{where}:{what} not found at {self.revision}") from exc
+        if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx.TransportError | ConnectionError):
+            raise errors.HubUnreachableError(
+                f"{where}: hub unreachable{what} ({_root_cause(exc)}). On an isolated network point "
+                "HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
+            ) from exc
+        if isinstance(exc, hf_errors.HfHubHTTPError):
+            raise errors.SourceError(f"{where}:{what} {exc}") from exc
+        return False
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {exc}"
