@@ -23,7 +23,7 @@ SERVED_ENGINES = ("paddleocr-vl", "dots-ocr", "qwen3-vl")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # Model names become directory names under /models and supervisord program names: no dots
 # (dots.ocr's remote code breaks when served from a dir whose name has one), no slashes.
-NAME_RE = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+NAME_RE = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_RE, max_length=64)]
 
 
@@ -46,7 +46,9 @@ class Source(_Strict):
         if not sep or not location:
             raise ValueError(f"source {value!r} must be hf:org/repo, modelscope:org/repo, dir:/path or tar:/file")
         if kind not in ("hf", "modelscope", "dir", "tar"):
-            raise ValueError(f"source kind {kind!r} is not one of hf, modelscope, dir, tar")
+            raise ValueError(
+                f"source kind {kind!r} is not one of hf:org/repo, modelscope:org/repo, dir:/path, tar:/file"
+            )
         if kind in ("hf", "modelscope") and not re.fullmatch(r"[\w.-]+/[\w.-]+", location):
             raise ValueError(f"repo id {location!r} must be 'owner/name'")
         return {"kind": kind, "location": location}

@@ -14,6 +14,7 @@ replaced once every file is in `ready/`: nothing good is ever overwritten by som
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -327,6 +328,8 @@ class ModelFetch:
             os.rename(self.target, old)
         os.rename(self.ready, self.target)
         shutil.rmtree(self.staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the shared .staging folder, once no fetch uses it
+            self.staging.parent.rmdir()
 
     def _write_lock(self, lock: Lock) -> bool:
         if read_lock(self.lock_path) == lock:

@@ -1,0 +1,59 @@
+"""Every test runs isolated from the real home, store and hub caches."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(home / "modelscope"))
+    monkeypatch.setenv("APPLIANCE_STORE", str(home / "store"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
+class ManifestDir:
+    """A throw-away manifests/ tree: write model and profile YAML, get a Catalog."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("models", "profiles", "locks"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str, body: str) -> Path:
+        path = self.root / "models" / f"{name}.yaml"
+        path.write_text(f"name: {name}\n" + textwrap.dedent(body))
+        return path
+
+    def profile(self, name: str, body: str) -> Path:
+        path = self.root / "profiles" / f"{name}.yaml"
+        path.write_text(f"name: {name}\n" + textwrap.dedent(body))
+        return path
+
+    def catalog(self):  # type: ignore[no-untyped-def]
+        from appliance.manifest import Catalog
+
+        return Catalog(self.root)
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> ManifestDir:
+    return ManifestDir(tmp_path / "manifests")
+
+
+def make_files(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
