@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -63,53 +66,49 @@ class HFSource(ModelSource):
         meta = workdir / ".cache" / "huggingface" / "download" / f"{file.path}.metadata"
         meta.unlink(missing_ok=True)
 
-    def _errors(self, revision: str | None, path: str | None = None) -> _HFErrors:
-        return _HFErrors(self, revision, path)
+    @contextlib.contextmanager
+    def _errors(self, revision: str | None, path: str | None = None) -> Iterator[None]:
+        """Translate huggingface_hub / httpx failures into errors that tell the operator what to do."""
+        try:
+            yield
+        except errors.ApplianceError:
+            raise
+        except Exception as exc:
+            translated = _translate(exc, f"{self.model}: {self.describe()}", revision, path)
+            if translated is None:
+                raise
+            raise translated from exc
 
 
-class _HFErrors:
-    """Translate huggingface_hub / httpx failures into errors that tell the operator what to do."""
-
-    def __init__(self, source: HFSource, revision: str | None, path: str | None) -> None:
-        self.source, self.revision, self.path = source, revision, path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if exc is None or isinstance(exc, errors.ApplianceError):
-            return False
-        where = f"{self.source.model}: {self.source.describe()}"
-        what = f" file {self.path!r}" if self.path else ""
-        if isinstance(exc, OSError) and exc.errno == 28:
-            raise errors.DiskFullError(28, f"{where}: disk full while downloading{what}") from exc
-        if isinstance(exc, hf_errors.OfflineModeIsEnabled):
-            raise errors.HubUnreachableError(
-                f"{where}: HF_HUB_OFFLINE is set; fetching needs the hub or a mirror (unset it on the build host)"
-            ) from exc
-        if isinstance(exc, hf_errors.GatedRepoError) or (
-            isinstance(exc, hf_errors.HfHubHTTPError)
-            and exc.response is not None
-            and exc.response.status_code in (401, 403)
-            and not isinstance(exc, hf_errors.RepositoryNotFoundError)
-        ):
-            raise errors.AccessDeniedError(
-                f"{where}: access denied (gated or private repo): accept its licence on the hub and set HF_TOKEN"
-            ) from exc
-        if isinstance(exc, hf_errors.RevisionNotFoundError):
-            raise errors.RevisionNotFoundError(f"{where}: revision {self.revision!r} not found") from exc
-        if isinstance(exc, hf_errors.RepositoryNotFoundError):
-            raise errors.RepoNotFoundError(f"{where}: repository not found (or private: set HF_TOKEN)") from exc
-        if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
-            raise errors.SourceError(f"{where}:{what} not found at {self.revision}") from exc
-        if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx.TransportError | ConnectionError):
-            raise errors.HubUnreachableError(
-                f"{where}: hub unreachable{what} ({_root_cause(exc)}). On an isolated network point "
-                "HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
-            ) from exc
-        if isinstance(exc, hf_errors.HfHubHTTPError):
-            raise errors.SourceError(f"{where}:{what} {exc}") from exc
-        return False
+def _translate(exc: Exception, where: str, revision: str | None, path: str | None) -> Exception | None:
+    what = f" file {path!r}" if path else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return errors.DiskFullError(errno.ENOSPC, f"{where}: disk full while downloading{what}")
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return errors.HubUnreachableError(
+            f"{where}: HF_HUB_OFFLINE is set; fetching needs the hub or a mirror (unset it on the build host)"
+        )
+    status = exc.response.status_code if isinstance(exc, hf_errors.HfHubHTTPError) and exc.response else None
+    if isinstance(exc, hf_errors.GatedRepoError) or (
+        status in (401, 403) and not isinstance(exc, hf_errors.RepositoryNotFoundError)
+    ):
+        return errors.AccessDeniedError(
+            f"{where}: access denied (gated or private repo): accept its licence on the hub and set HF_TOKEN"
+        )
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return errors.RevisionNotFoundError(f"{where}: revision {revision!r} not found")
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return errors.RepoNotFoundError(f"{where}: repository not found (or private: set HF_TOKEN)")
+    if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+        return errors.SourceError(f"{where}:{what} not found at {revision}")
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx.TransportError | ConnectionError):
+        return errors.HubUnreachableError(
+            f"{where}: hub unreachable{what} ({_root_cause(exc)}). On an isolated network point "
+            "HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
+        )
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        return errors.SourceError(f"{where}:{what} {exc}")
+    return None
 
 
 def _root_cause(exc: BaseException) -> str:

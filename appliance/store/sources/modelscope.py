@@ -1,0 +1,92 @@
+"""ModelScope hub (or a mirror: MODELSCOPE_ENDPOINT) through the modelscope client.
+
+modelscope >= 1.40 delegates to `modelscope_hub`, whose native API keeps the per-file sha256 that
+the legacy compat layer drops; that is the API used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelscope_hub import HubApi, RepoType
+from modelscope_hub import errors as ms_errors
+
+from appliance import errors
+from appliance.store.sources.base import ModelSource, RemoteFile
+
+
+def endpoint() -> str | None:
+    return os.environ.get("MODELSCOPE_ENDPOINT") or None
+
+
+class ModelScopeSource(ModelSource):
+    @property
+    def repo(self) -> str:
+        return self.manifest.source.location
+
+    def describe(self) -> str:
+        return f"{self.manifest.source} at {endpoint() or 'the ModelScope hub'}"
+
+    def _api(self) -> HubApi:
+        return HubApi(endpoint=endpoint())
+
+    def resolve(self, revision: str | None) -> str:
+        # ModelScope's API names no commit for a branch or tag; the lock's per-file sha256 is
+        # what pins the content, and a moved tag fails the next fetch loudly.
+        with self._translated(revision):
+            names = {r.get("name") or r.get("Name") for r in self._api().list_repo_revisions(self.repo, RepoType.MODEL)}
+        if revision and names and revision not in names and len(revision) != 40:
+            raise errors.RevisionNotFoundError(f"{self.model}: {self.describe()}: revision {revision!r} not found")
+        return revision or "master"
+
+    def list_files(self, commit: str) -> list[RemoteFile]:
+        with self._translated(commit):
+            entries = self._api().list_repo_files(self.repo, RepoType.MODEL, revision=commit, recursive=True)
+        return [RemoteFile(e.path, e.size, sha256=e.sha256) for e in entries if not e.is_dir]
+
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
+        with self._translated(commit, file.path):
+            path = self._api().download_file(
+                self.repo,
+                RepoType.MODEL,
+                file.path,
+                revision=commit,
+                local_dir=workdir,
+                expected_sha256=file.sha256,
+                file_size=file.size,
+            )
+        return Path(path)
+
+    @contextlib.contextmanager
+    def _translated(self, revision: str | None, path: str | None = None) -> Iterator[None]:
+        where = f"{self.model}: {self.describe()}"
+        what = f" file {path!r}" if path else ""
+        try:
+            yield
+        except errors.ApplianceError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise errors.DiskFullError(errno.ENOSPC, f"{where}: disk full while downloading{what}") from exc
+            if isinstance(exc, ConnectionError):
+                raise errors.HubUnreachableError(
+                    f"{where}: hub unreachable{what} ({exc}). On an isolated network point MODELSCOPE_ENDPOINT at "
+                    "an internal mirror, or use a dir:/tar: source"
+                ) from exc
+            raise
+        except (ms_errors.AuthenticationError, ms_errors.PermissionDeniedError) as exc:
+            raise errors.AccessDeniedError(
+                f"{where}: access denied (private or gated repo): set MODELSCOPE_API_TOKEN"
+            ) from exc
+        except ms_errors.NotExistError as exc:
+            raise errors.RepoNotFoundError(f"{where}:{what} not found at revision {revision!r} ({exc})") from exc
+        except ms_errors.FileIntegrityError as exc:
+            raise errors.IntegrityError(self.model, path or "?", f"the client's own check failed: {exc}") from exc
+        except ms_errors.NetworkError as exc:
+            raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({exc})") from exc
+        except ms_errors.HubError as exc:
+            raise errors.SourceError(f"{where}:{what} {exc}") from exc
