@@ -29,12 +29,16 @@ from huggingface_hub.utils import filter_repo_objects
 
 from appliance import constants
 from appliance.errors import (
+    AccessDeniedError,
     ApplianceError,
     DiskFullError,
     IntegrityError,
     LockError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
     SourceError,
     UnpinnedRevisionError,
+    UnsafePathError,
 )
 from appliance.manifest import ModelManifest
 from appliance.store.hashing import git_blob_sha1, sha256_file
@@ -287,15 +291,21 @@ class ModelFetch:
             if isinstance(found, LockedFile):
                 return found
             final.unlink()
-        # 3. download, check, retry
+        # 3. download, check, retry (a dropped connection or bad bytes may be transient)
         problem = ""
         for _attempt in range(self.options.retries + 1):
             try:
                 path = self.source.download(commit, want.remote, self.download_dir)
+            except (DiskFullError, AccessDeniedError, RevisionNotFoundError, RepoNotFoundError, UnsafePathError):
+                raise  # retrying cannot help
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise DiskFullError(errno.ENOSPC, f"{self.name}: disk full while writing {want.path}") from exc
-                raise SourceError(f"{self.name}: {want.path}: {exc}") from exc
+                problem = f"download failed: {exc}"
+                continue
+            except Exception as exc:
+                problem = f"download failed: {exc}"
+                continue
             found = self._accept(want, path, final, downloaded=True)
             if isinstance(found, LockedFile):
                 return found

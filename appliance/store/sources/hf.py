@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import RepoFile
@@ -101,7 +101,7 @@ def _translate(exc: Exception, where: str, revision: str | None, path: str | Non
         return errors.RepoNotFoundError(f"{where}: repository not found (or private: set HF_TOKEN)")
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
         return errors.SourceError(f"{where}:{what} not found at {revision}")
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx.TransportError | ConnectionError):
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx2.TransportError | ConnectionError):
         return errors.HubUnreachableError(
             f"{where}: hub unreachable{what} ({_root_cause(exc)}). On an isolated network point "
             "HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"

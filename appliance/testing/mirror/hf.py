@@ -75,9 +75,7 @@ def _split_repo(mirror: HubMirror, segments: list[str], marker: str | None) -> t
     return "/".join(segments[:n]), segments[n:]
 
 
-def _error(
-    h: _Handler, status: int, code: str | None, message: str, headers: dict[str, str] | None = None
-) -> None:
+def _error(h: _Handler, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
     headers = dict(headers or {})
     if code:
         headers["X-Error-Code"] = code
@@ -115,9 +113,7 @@ def _open_repo(
     return repo, commit
 
 
-def _model_info(
-    h: _Handler, mirror: HubMirror, repo_id: str, revision: str | None, query: dict[str, str]
-) -> None:
+def _model_info(h: _Handler, mirror: HubMirror, repo_id: str, revision: str | None, query: dict[str, str]) -> None:
     repo = mirror.repo(repo_id)
     default = "main" if repo is None or "main" in repo.branches else next(iter(repo.branches), "main")
     if (opened := _open_repo(h, mirror, repo_id, revision or default)) is None:

@@ -44,9 +44,7 @@ def handle(h: _Handler, mirror: HubMirror, segments: list[str], query: dict[str,
     elif tail == ["revisions"] and h.method == "GET":
         _revisions(h, mirror, repo_id)
     elif tail == ["repo", "files"] and h.method == "GET":
-        _files(
-            h, mirror, repo_id, revision, query.get("Root", ""), query.get("Recursive", "").lower() == "true"
-        )
+        _files(h, mirror, repo_id, revision, query.get("Root", ""), query.get("Recursive", "").lower() == "true")
     elif tail == ["repo"] and h.method in ("GET", "HEAD"):
         _raw(h, mirror, repo_id, revision, query.get("FilePath", "").lstrip("/"))
     else:
@@ -54,9 +52,7 @@ def handle(h: _Handler, mirror: HubMirror, segments: list[str], query: dict[str,
 
 
 def _ok(h: _Handler, data: Any) -> None:
-    h.send_json(
-        200, {"Code": 200, "Data": data, "Message": "success", "RequestId": uuid.uuid4().hex, "Success": True}
-    )
+    h.send_json(200, {"Code": 200, "Data": data, "Message": "success", "RequestId": uuid.uuid4().hex, "Success": True})
 
 
 def _error(h: _Handler, status: int, message: str) -> None:
@@ -123,9 +119,7 @@ def _raw(h: _Handler, mirror: HubMirror, repo_id: str, revision: str, path: str)
     if f is None:
         _error(h, 404, f"file {path} does not exist")
     elif is_lfs(f) and mirror.cdn_host:
-        h.send_redirect(
-            f"{mirror.cdn_url}/cdn-lfs/{f.sha256}?{urlencode({'repo': repo_id, 'path': f.path})}", {}
-        )
+        h.send_redirect(f"{mirror.cdn_url}/cdn-lfs/{f.sha256}?{urlencode({'repo': repo_id, 'path': f.path})}", {})
     else:
         h.send_file(mirror, repo_id, f, {})
 

@@ -91,9 +91,7 @@ def repo_from_dir(repo_id: str, directory: Path, branches: Iterable[str] = ("mai
     return MirrorRepo(repo_id=repo_id, commit=commit, files=files, branches={b: commit for b in branches})
 
 
-def list_tree(
-    files: Iterable[MirrorFile], prefix: str, recursive: bool
-) -> tuple[list[str], list[MirrorFile]] | None:
+def list_tree(files: Iterable[MirrorFile], prefix: str, recursive: bool) -> tuple[list[str], list[MirrorFile]] | None:
     """Directories and files under folder `prefix` ("" = root), as a tree listing shows them.
 
     None when `prefix` is not a folder of the repo.
@@ -113,6 +111,4 @@ def list_tree(
             return not prefix or path.startswith(prefix + "/")
         return parent(path) == prefix
 
-    return sorted(d for d in dirs if under(d)), sorted(
-        (f for f in files if under(f.path)), key=lambda f: f.path
-    )
+    return sorted(d for d in dirs if under(d)), sorted((f for f in files if under(f.path)), key=lambda f: f.path)

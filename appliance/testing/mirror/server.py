@@ -77,9 +77,7 @@ class HubMirror:
         self._server = _Server((self.host, self.port), _Handler)
         self._server.mirror = self
         # A short poll interval makes stop() (which waits for the serve loop to notice) quick.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="hub-mirror", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-mirror", daemon=True)
         self._thread.start()
         return self
 
