@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import store  # noqa: E402
+from bench import store
 
 BENCHES = {"verify": store.bench_verify, "fetch": store.bench_fetch}
 
