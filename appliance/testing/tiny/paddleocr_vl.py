@@ -1,0 +1,194 @@
+"""Tiny PaddleOCR-VL: the layout of PaddlePaddle/PaddleOCR-VL, served without remote code.
+
+transformers 5 has the architecture natively (`PaddleOCRVLForConditionalGeneration`); the
+checkpoint keeps the hub's key names (`visual.`, `mlp_AR.`, `model.`), which both transformers'
+conversion mapping and vLLM's weight mapper expect.
+"""
+
+from __future__ import annotations
+
+from appliance.testing.tiny._common import (
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    INTERMEDIATE,
+    KV_HEADS,
+    LAYERS,
+    MAX_PIXELS,
+    Files,
+    Tokenizer,
+    decoder_tensors,
+    embedding_tensors,
+    layer_norm,
+    linear,
+    repo_files,
+)
+from appliance.testing.tiny._weights import TensorSpec
+
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<|begin_of_sentence|>",
+    "<|end_of_sentence|>",
+    "<|IMAGE_PLACEHOLDER|>",
+    "<|video_pad|>",
+    "<|IMAGE_START|>",
+    "<|IMAGE_END|>",
+    "<|VIDEO_START|>",
+    "<|VIDEO_END|>",
+]
+
+PATCH, MERGE = 14, 2
+IMAGE_SIZE = 384  # SigLIP position grid 27 x 27, interpolated for other sizes
+
+CHAT_TEMPLATE = r"""{{- '<|begin_of_sentence|>' }}
+{%- for message in messages %}
+{%- if message.role == 'user' %}
+{{- 'User: ' }}
+{%- elif message.role == 'assistant' %}
+{{- 'Assistant: ' }}
+{%- endif %}
+{%- if message.content is string %}
+{{- message.content }}
+{%- else %}
+{%- for item in message.content %}
+{%- if item.type == 'image' or item.type == 'image_url' or 'image' in item %}
+{{- '<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>' }}
+{%- elif item.type == 'text' %}
+{{- item.text }}
+{%- endif %}
+{%- endfor %}
+{%- endif %}
+{%- if message.role == 'assistant' %}
+{{- '<|end_of_sentence|>' }}
+{%- else %}
+{{- '\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- 'Assistant: ' }}
+{%- endif %}
+"""
+
+
+def _vision_tensors() -> list[TensorSpec]:
+    p = "visual.vision_model."
+    grid = IMAGE_SIZE // PATCH
+    specs = [
+        TensorSpec(f"{p}embeddings.patch_embedding.weight", (HIDDEN, 3, PATCH, PATCH)),
+        TensorSpec(f"{p}embeddings.patch_embedding.bias", (HIDDEN,), "zeros"),
+        TensorSpec(f"{p}embeddings.position_embedding.weight", (grid * grid, HIDDEN)),
+    ]
+    for i in range(LAYERS):
+        b = f"{p}encoder.layers.{i}."
+        specs += [
+            *layer_norm(f"{b}layer_norm1", HIDDEN),
+            *layer_norm(f"{b}layer_norm2", HIDDEN),
+            *linear(f"{b}self_attn.q_proj", HIDDEN, HIDDEN),
+            *linear(f"{b}self_attn.k_proj", HIDDEN, HIDDEN),
+            *linear(f"{b}self_attn.v_proj", HIDDEN, HIDDEN),
+            *linear(f"{b}self_attn.out_proj", HIDDEN, HIDDEN),
+            *linear(f"{b}mlp.fc1", INTERMEDIATE, HIDDEN),
+            *linear(f"{b}mlp.fc2", HIDDEN, INTERMEDIATE),
+        ]
+    specs += layer_norm(f"{p}post_layernorm", HIDDEN)
+    # Projector: norm, then 2x2 patch merge into the LM width.
+    merged = HIDDEN * MERGE * MERGE
+    specs += [
+        *layer_norm("mlp_AR.pre_norm", HIDDEN),
+        *linear("mlp_AR.linear_1", merged, merged),
+        *linear("mlp_AR.linear_2", HIDDEN, merged),
+    ]
+    return specs
+
+
+def build(seed: int) -> Files:
+    tok = Tokenizer(SPECIAL_TOKENS)
+    ids = tok.ids
+    # Flat like the hub's config.json: transformers moves the text keys into text_config.
+    config = {
+        "architectures": ["PaddleOCRVLForConditionalGeneration"],
+        "model_type": "paddleocr_vl",
+        "dtype": "bfloat16",
+        "vocab_size": tok.vocab_size,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "use_bias": False,
+        "use_cache": True,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "pad_token_id": ids["<unk>"],
+        "bos_token_id": ids["<s>"],
+        "eos_token_id": ids["</s>"],
+        # Multimodal rope; the (t, h, w) sections sum to head_dim / 2.
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [8, 12, 12]},
+        "image_token_id": ids["<|IMAGE_PLACEHOLDER|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|IMAGE_START|>"],
+        "vision_end_token_id": ids["<|IMAGE_END|>"],
+        "vision_config": {
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "num_channels": 3,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "hidden_act": "gelu_pytorch_tanh",
+            "layer_norm_eps": 1e-6,
+        },
+    }
+    tensors = [
+        *_vision_tensors(),
+        *embedding_tensors("model.", tok.vocab_size),
+        *decoder_tensors("model."),
+    ]  # lm_head is tied to embed_tokens
+    return repo_files(
+        config=config,
+        tokenizer=tok,
+        tokenizer_config={
+            # transformers 5 forces the tokenizer.json backend for paddleocr_vl whatever the class says.
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": "<unk>",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<unk>",
+            "cls_token": "<|begin_of_sentence|>",
+            "sep_token": "<|end_of_sentence|>",
+            "clean_up_tokenization_spaces": False,
+            "split_special_tokens": False,
+            "model_max_length": 32768,
+            # PaddleOCRVLProcessor reads tokenizer.image_token / image_token_id.
+            "extra_special_tokens": {"image_token": "<|IMAGE_PLACEHOLDER|>"},
+        },
+        chat_template=CHAT_TEMPLATE,
+        generation_config={
+            "pad_token_id": ids["<unk>"],
+            "bos_token_id": ids["<s>"],
+            "eos_token_id": ids["</s>"],
+            "use_cache": True,
+        },
+        tensors=tensors,
+        seed=seed,
+        extra={
+            "preprocessor_config.json": {
+                "image_processor_type": "PaddleOCRVLImageProcessor",
+                "processor_class": "PaddleOCRVLProcessor",
+                "patch_size": PATCH,
+                "temporal_patch_size": 1,
+                "merge_size": MERGE,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "size": {"shortest_edge": 112 * 112, "longest_edge": MAX_PIXELS},
+            },
+        },
+    )

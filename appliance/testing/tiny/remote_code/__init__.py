@@ -1,0 +1,1 @@
+"""Files copied verbatim into generated model repos (remote code a model dir must carry)."""
