@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated
 
@@ -68,13 +69,16 @@ def fetch(
 
       HF_ENDPOINT=http://mirror.local:8090 appliance fetch paddleocr-vl-0-9b --allow-unpinned
     """
+    # Our bars replace the hub clients' per-file tqdm bars (huggingface_hub and modelscope_hub).
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if upgrade and frozen:
         raise typer.BadParameter("--upgrade re-resolves revisions; it cannot be combined with --frozen")
     catalog = Catalog(manifests)
     store_root = store or constants.store_dir()
     options = FetchOptions(frozen=frozen, allow_unpinned=allow_unpinned, upgrade=upgrade, workers=workers)
     selected = select_models(catalog, profile, models)
-    table = Table("model", "commit", "files", "size", "downloaded", "result", title=f"store: {store_root}")
+    table = Table("model", "commit", "files", "size", "fetched", "time", "lock", title=f"store: {store_root}")
     for manifest in selected:
         started = time.monotonic()
         with _bar() as bar:
@@ -86,16 +90,14 @@ def fetch(
                 options,
                 progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
             )
-        result = "up to date" if report.up_to_date else f"fetched in {time.monotonic() - started:.1f}s"
-        if report.lock_written:
-            result += ", lock written"
         table.add_row(
             manifest.name,
             report.commit[:12],
             str(report.files),
             human_bytes(report.total_bytes),
-            human_bytes(report.downloaded_bytes),
-            result,
+            "up to date" if report.up_to_date else human_bytes(report.downloaded_bytes),
+            f"{time.monotonic() - started:.1f}s",
+            "written" if report.lock_written else "unchanged",
         )
     out.print(table)
 

@@ -63,3 +63,15 @@ def tiny_hub(
             env = os.environ | {"HF_ENDPOINT": mirror.url, "MODELSCOPE_ENDPOINT": mirror.url}
             code = subprocess.call(ctx.args, env=env)
     raise typer.Exit(code)
+
+
+@app.command("relock-tiny")
+def relock_tiny(manifests: ManifestsOpt = None) -> None:
+    """Maintainers: after changing the tiny model generator, pin the tiny manifests to the new
+    commits and rewrite their locks (fetching through the local mirror, as CI does)."""
+    from appliance import constants
+    from appliance.testing.hub import relock_tiny as relock
+
+    with tempfile.TemporaryDirectory(prefix="tiny-relock-") as work:
+        changed = relock(Catalog(manifests), constants.store_dir(), Path(work))
+    out.print(f"re-pinned: {', '.join(changed) or 'nothing changed'}")

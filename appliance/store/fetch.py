@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +157,7 @@ class ModelFetch:
                 f"{self.name}: revision {manifest.revision!r} is a branch or tag, not a commit. Pass "
                 "--allow-unpinned to resolve it now and pin the commit in the lock, or set a 40-hex revision"
             )
+        self.source.preflight()
         commit = self.source.resolve(manifest.revision)
         listing = self.source.list_files(commit)
         # A hostile entry anywhere in the listing means a broken or compromised mirror: refuse the
@@ -182,6 +183,8 @@ class ModelFetch:
         if lock is not None and self._target_is_current(lock):
             return FetchReport(self.name, commit, len(wanted), total, up_to_date=True)
         self._check_disk(wanted)
+        if lock is not None:
+            self.source.preflight()
         locked = self._obtain_all(commit, wanted, total)
         if lock is None:
             if commit == "local":
@@ -235,13 +238,17 @@ class ModelFetch:
                 futures = [pool.submit(self._obtain, commit, want) for want in wanted]
                 try:
                     for future in as_completed(futures):
+                        if future.cancelled():
+                            continue
                         try:
                             results.append(future.result())
-                        except ApplianceError as exc:
+                        except IntegrityError as exc:  # one bad file: finish the others, report all
                             failures.append(exc)
+                        except ApplianceError as exc:  # unreachable, denied, disk full: stop now
+                            failures.append(exc)
+                            _cancel(futures)
                 except BaseException:  # Ctrl-C: do not start the files still queued
-                    for f in futures:
-                        f.cancel()
+                    _cancel(futures)
                     raise
         finally:
             stop.set()
@@ -249,7 +256,8 @@ class ModelFetch:
         if failures:
             if len(failures) == 1:
                 raise failures[0]
-            raise SourceError(f"{self.name}: {len(failures)} files failed:\n" + "\n".join(f"  {e}" for e in failures))
+            listing = "\n".join(f"  {e}" for e in failures)
+            raise SourceError(f"{self.name}: {len(failures)} files failed:\n{listing}")
         if self.progress:
             self.progress(total, total)
         return results
@@ -346,6 +354,11 @@ class ModelFetch:
             return False
         write_lock(self.lock_path, lock)
         return True
+
+
+def _cancel(futures: list[Future[LockedFile]]) -> None:
+    for future in futures:
+        future.cancel()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

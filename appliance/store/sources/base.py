@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from appliance.errors import HubUnreachableError
 from appliance.manifest import ModelManifest
 
 
@@ -37,6 +41,22 @@ class ModelSource(ABC):
     def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
         """Bring one file into `workdir` (resuming a partial one) and return where it is."""
 
+    def preflight(self) -> None:  # noqa: B027 (optional hook: local sources need none)
+        """Fail fast, with a clear error, when the source cannot be reached at all."""
+
     def discard(self, workdir: Path, file: RemoteFile) -> None:
         """Forget a download that failed its checks, so the next attempt starts from zero."""
         (workdir / file.path).unlink(missing_ok=True)
+
+
+def check_reachable(url: str, model: str, hint: str) -> None:
+    """One TCP connect before fanning out: the hub clients retry an unreachable host for ~25 s per
+    file with backoff, which turns "offline" into minutes of silence. Skipped behind a proxy."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=10).close()
+    except OSError as exc:
+        raise HubUnreachableError(f"{model}: cannot reach {url} ({exc.strerror or exc}). {hint}") from exc

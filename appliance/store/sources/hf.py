@@ -14,7 +14,9 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import RepoFile
 
 from appliance import errors
-from appliance.store.sources.base import ModelSource, RemoteFile
+from appliance.store.sources.base import ModelSource, RemoteFile, check_reachable
+
+HINT = "On an isolated network point HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
 
 
 def endpoint() -> str:
@@ -29,6 +31,9 @@ class HFSource(ModelSource):
 
     def describe(self) -> str:
         return f"{self.manifest.source} at {endpoint()}"
+
+    def preflight(self) -> None:
+        check_reachable(endpoint(), self.model, HINT)
 
     def _api(self) -> HfApi:
         return HfApi(endpoint=endpoint())
@@ -101,11 +106,10 @@ def _translate(exc: Exception, where: str, revision: str | None, path: str | Non
         return errors.RepoNotFoundError(f"{where}: repository not found (or private: set HF_TOKEN)")
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
         return errors.SourceError(f"{where}:{what} not found at {revision}")
+    if isinstance(exc, httpx2.TransportError) and not isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
+        return errors.SourceError(f"{where}: transfer of{what} broke off ({exc})")
     if isinstance(exc, hf_errors.LocalEntryNotFoundError | httpx2.TransportError | ConnectionError):
-        return errors.HubUnreachableError(
-            f"{where}: hub unreachable{what} ({_root_cause(exc)}). On an isolated network point "
-            "HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
-        )
+        return errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_root_cause(exc)}). {HINT}")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         return errors.SourceError(f"{where}:{what} {exc}")
     return None

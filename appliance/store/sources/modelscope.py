@@ -16,7 +16,9 @@ from modelscope_hub import HubApi, RepoType
 from modelscope_hub import errors as ms_errors
 
 from appliance import errors
-from appliance.store.sources.base import ModelSource, RemoteFile
+from appliance.store.sources.base import ModelSource, RemoteFile, check_reachable
+
+HINT = "On an isolated network point MODELSCOPE_ENDPOINT at an internal mirror, or use a dir:/tar: source"
 
 
 def endpoint() -> str | None:
@@ -30,6 +32,9 @@ class ModelScopeSource(ModelSource):
 
     def describe(self) -> str:
         return f"{self.manifest.source} at {endpoint() or 'the ModelScope hub'}"
+
+    def preflight(self) -> None:
+        check_reachable(endpoint() or "https://www.modelscope.cn", self.model, HINT)
 
     def _api(self) -> HubApi:
         return HubApi(endpoint=endpoint())
@@ -73,10 +78,7 @@ class ModelScopeSource(ModelSource):
             if exc.errno == errno.ENOSPC:
                 raise errors.DiskFullError(errno.ENOSPC, f"{where}: disk full while downloading{what}") from exc
             if isinstance(exc, ConnectionError):
-                raise errors.HubUnreachableError(
-                    f"{where}: hub unreachable{what} ({exc}). On an isolated network point MODELSCOPE_ENDPOINT at "
-                    "an internal mirror, or use a dir:/tar: source"
-                ) from exc
+                raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({exc}). {HINT}") from exc
             raise
         except (ms_errors.AuthenticationError, ms_errors.PermissionDeniedError) as exc:
             raise errors.AccessDeniedError(
