@@ -157,6 +157,7 @@ class HubMirror:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # snapshot downloads open several connections at once
     mirror: HubMirror
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -203,6 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         mirror = self.server.mirror
         mirror.record(method, self.path, self.headers.get("Range"))
         self.method = method
+        # Always drain a request body, or the next request on this keep-alive connection is garbage.
+        self.body = self.read_body() if method == "POST" else b""
         url = urlsplit(self.path)
         # Split before unquoting: a revision like "refs/pr/1" arrives as one %2F-quoted segment.
         segments = [unquote(s) for s in url.path.split("/")[1:]]
