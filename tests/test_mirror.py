@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -289,6 +292,31 @@ def test_truncate_sends_short_body_then_closes(tiny: MirrorRepo) -> None:
     assert len(received) == BIG_SIZE // 2
 
 
+@pytest.mark.slow
+def test_hf_gives_up_on_a_persistently_truncated_file(tiny: MirrorRepo, hf) -> None:
+    import httpx2
+    from huggingface_hub import hf_hub_download
+
+    with HubMirror([tiny], faults=Faults(truncate={BIG})) as mirror:
+        hf(mirror)
+        with pytest.raises(httpx2.RemoteProtocolError):  # after 5 retries, 1 s apart
+            hf_hub_download(REPO, BIG, revision=tiny.commit)
+    assert len(gets(mirror, f"/resolve/{tiny.commit}/{BIG}")) == 6
+
+
+def test_hf_stopped_mirror_refuses_connections(tiny: MirrorRepo, hf) -> None:
+    import httpx2  # huggingface_hub 2.x's HTTP stack
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    mirror = HubMirror([tiny]).start()
+    hf(mirror)
+    mirror.stop()
+    with pytest.raises(LocalEntryNotFoundError) as caught:
+        snapshot_download(REPO, revision="main")
+    assert isinstance(caught.value.__cause__, httpx2.ConnectError)
+
+
 # -- ModelScope client ---------------------------------------------------------------------------
 def test_modelscope_snapshot_download_identical_bytes(tiny: MirrorRepo, repo_dir: Path, ms) -> None:
     from modelscope.hub.snapshot_download import snapshot_download
@@ -368,3 +396,25 @@ def test_modelscope_errors(tiny: MirrorRepo, ms, faults, repo, cause) -> None:
         with pytest.raises(requests.exceptions.HTTPError) as caught:
             snapshot_download(repo, revision="main")
     assert isinstance(caught.value.__cause__, getattr(errors, cause))
+
+
+def test_client_env_drives_both_clients_in_a_child_process(
+    tiny: MirrorRepo, repo_dir: Path, tmp_path: Path
+) -> None:
+    child = f"""
+import sys
+from huggingface_hub import hf_hub_download
+from modelscope.hub.file_download import model_file_download
+print(hf_hub_download("{REPO}", "config.json", revision="main"))
+print(model_file_download("{REPO}", "sub/notes.txt", revision="main"))
+"""
+    with HubMirror([tiny]) as mirror:
+        env = {**os.environ, **mirror.client_env(tmp_path / "home")}
+        out = subprocess.run(
+            [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 0, out.stderr
+    hf_path, ms_path = (Path(line) for line in out.stdout.split())
+    assert hf_path.is_relative_to(tmp_path / "home" / "hf") and ms_path.is_relative_to(tmp_path / "home")
+    assert hf_path.read_bytes() == (repo_dir / "config.json").read_bytes()
+    assert ms_path.read_bytes() == (repo_dir / "sub/notes.txt").read_bytes()

@@ -60,7 +60,7 @@ def _api(h: _Handler, mirror: HubMirror, segments: list[str], query: dict[str, s
     elif tail[:1] == ["tree"] and len(tail) >= 2 and h.method == "GET":
         _tree(h, mirror, repo_id, tail[1], "/".join(tail[2:]), query.get("recursive", "").lower() == "true")
     elif tail[:1] == ["paths-info"] and len(tail) == 2 and h.method == "POST":
-        _paths_info(h, mirror, repo_id, tail[1], parse_qs(h.read_body().decode()).get("paths", []))
+        _paths_info(h, mirror, repo_id, tail[1], parse_qs(h.body.decode()).get("paths", []))
     else:
         _error(h, 404, None, "Not Found")
 

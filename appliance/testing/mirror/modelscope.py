@@ -12,6 +12,10 @@ All under `/api/v1/`, answers wrapped in `{"Code", "Data", "Message", "RequestId
 
 Errors are JSON bodies with the HTTP status (401 / 403 / 404) which modelscope_hub maps to
 AuthenticationError / PermissionDeniedError / NotExistError.
+
+The client's default revision is "master", not "main": pass a commit (or serve a "master" branch).
+The client honours `MODELSCOPE_ENDPOINT`, read once into a process-wide config
+(`modelscope_hub.config.get_default_config()`), so set it before the first call or reset that.
 """
 
 from __future__ import annotations

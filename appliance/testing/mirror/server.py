@@ -56,6 +56,7 @@ class HubMirror:
         self._drops: Counter[tuple[str, str]] = Counter()
         self._blob_ids: dict[tuple[Path, int], str] = {}
         self._server: _Server | None = None
+        self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
         for repo in repos:
             self.add_repo(repo)
@@ -63,19 +64,21 @@ class HubMirror:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        if self._server is None:
+        """`http://host:port`; stays valid after stop() (a stopped mirror refuses connections)."""
+        if self._bound_port is None:
             raise RuntimeError("mirror not started")
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._bound_port}"
 
     @property
     def cdn_url(self) -> str:
-        return self.url.replace(self.host, self.cdn_host or self.host, 1)
+        return f"http://{self.cdn_host or self.host}:{self._bound_port}"
 
     def start(self) -> HubMirror:
         if self._server is not None:
             return self
         self._server = _Server((self.host, self.port), _Handler)
         self._server.mirror = self
+        self._bound_port = self._server.server_address[1]
         # A short poll interval makes stop() (which waits for the serve loop to notice) quick.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-mirror", daemon=True)
         self._thread.start()
@@ -155,6 +158,7 @@ class HubMirror:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # snapshot downloads open several connections at once
     mirror: HubMirror
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -201,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
         mirror = self.server.mirror
         mirror.record(method, self.path, self.headers.get("Range"))
         self.method = method
+        # Always drain a request body, or the next request on this keep-alive connection is garbage.
+        self.body = self.read_body() if method == "POST" else b""
         url = urlsplit(self.path)
         # Split before unquoting: a revision like "refs/pr/1" arrives as one %2F-quoted segment.
         segments = [unquote(s) for s in url.path.split("/")[1:]]
