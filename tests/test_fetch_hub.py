@@ -236,3 +236,9 @@ def test_interrupted_hub_fetch_redownloads_no_finished_file(hub, manifests, repo
     ModelFetch(manifest, catalog.lock_path("m"), store, options).run()
     for path in FILES:
         assert len(_downloads(mirror, path)) == 1, path  # each file's bytes crossed the wire once
+
+
+def test_forbidden_file_is_access_denied_not_offline(hub, manifests, repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hub(Faults(status={"config.json": 403}))
+    with pytest.raises(AccessDeniedError):
+        _fetch(_catalog(manifests, repo), tmp_path / "store")

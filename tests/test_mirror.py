@@ -398,9 +398,7 @@ def test_modelscope_errors(tiny: MirrorRepo, ms, faults, repo, cause) -> None:
     assert isinstance(caught.value.__cause__, getattr(errors, cause))
 
 
-def test_client_env_drives_both_clients_in_a_child_process(
-    tiny: MirrorRepo, repo_dir: Path, tmp_path: Path
-) -> None:
+def test_client_env_drives_both_clients_in_a_child_process(tiny: MirrorRepo, repo_dir: Path, tmp_path: Path) -> None:
     child = f"""
 import sys
 from huggingface_hub import hf_hub_download
@@ -410,9 +408,7 @@ print(model_file_download("{REPO}", "sub/notes.txt", revision="main"))
 """
     with HubMirror([tiny]) as mirror:
         env = {**os.environ, **mirror.client_env(tmp_path / "home")}
-        out = subprocess.run(
-            [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60
-        )
+        out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     hf_path, ms_path = (Path(line) for line in out.stdout.split())
     assert hf_path.is_relative_to(tmp_path / "home" / "hf") and ms_path.is_relative_to(tmp_path / "home")

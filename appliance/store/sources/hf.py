@@ -87,6 +87,8 @@ class HFSource(ModelSource):
 
 def _translate(exc: Exception, where: str, revision: str | None, path: str | None) -> Exception | None:
     what = f" file {path!r}" if path else ""
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError) and isinstance(exc.__cause__, hf_errors.HfHubHTTPError):
+        exc = exc.__cause__  # hf_hub_download wraps a 403 as "not in the local cache"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return errors.DiskFullError(errno.ENOSPC, f"{where}: disk full while downloading{what}")
     if isinstance(exc, hf_errors.OfflineModeIsEnabled):
