@@ -84,12 +84,12 @@ def test_other_seed_changes_only_weights(arch: str, tiny_root: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_file_set_and_contents(arch: str, tiny_root: Path) -> None:
+def test_file_set_and_contents(arch: str, tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    model_dir = tiny_root / repo_name(arch)
+    model_dir = tmp_path / repo_name(arch)
     assert "." not in model_dir.name  # vLLM cannot serve dots.ocr from a dir with a dot
-    files = generate(arch, model_dir)  # returns the listing; rewriting the same bytes is harmless
+    files = generate(arch, model_dir)
     assert files == sorted(files)
     assert {str(p) for p in files} == COMMON_FILES | EXTRA_FILES[arch]
     assert {p.name for p in model_dir.iterdir()} == COMMON_FILES | EXTRA_FILES[arch]
@@ -110,6 +110,11 @@ def test_file_set_and_contents(arch: str, tiny_root: Path) -> None:
     ids = {t["content"]: t["id"] for t in tokenizer["added_tokens"] if t["special"]}
     assert config["image_token_id"] == ids[IMAGE_TOKEN[arch]]
     assert IMAGE_TOKEN[arch] in (model_dir / "chat_template.jinja").read_text()
+
+
+def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        generate("llama", tmp_path)
 
 
 def test_bf16_rounding_matches_torch() -> None:
