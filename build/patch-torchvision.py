@@ -29,7 +29,7 @@ def patched_text(text: str, path: Path) -> str:
         if new in text:
             continue
         if text.count(old) != 1:
-            sys.exit(f"{path}: expected exactly one line {old.strip()!r}; torchvision changed, revisit the fix")
+            sys.exit(f"{path}: expected one line {old.strip()!r}; torchvision changed, revisit the fix")
         text = text.replace(old, new)
     return text
 

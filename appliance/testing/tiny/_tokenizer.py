@@ -57,7 +57,16 @@ def vocab_size(trained: int) -> int:
 
 def train(special_tokens: list[str]) -> Any:
     """Train a `tokenizers.Tokenizer`; special tokens get ids 0..n-1 in the given order."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
