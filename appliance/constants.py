@@ -71,3 +71,21 @@ def hash_workers() -> int:
 def debug() -> bool:
     """APPLIANCE_DEBUG=1 shows tracebacks for expected errors."""
     return os.environ.get("APPLIANCE_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+# --- run time (inside the appliance image; tests point these at temp dirs) -------------------------
+
+
+def profile_name() -> str:
+    """The profile this appliance runs (APPLIANCE_PROFILE), baked into the image."""
+    return os.environ.get("APPLIANCE_PROFILE") or DEFAULT_PROFILE
+
+
+def run_dir() -> Path:
+    """Volatile state: start-up phases, the supervisord socket and credentials (APPLIANCE_RUN_DIR)."""
+    return _env_path("APPLIANCE_RUN_DIR", Path("/run/appliance"))
+
+
+def vllm_python() -> str:
+    """Interpreter that has vLLM (APPLIANCE_VLLM_PYTHON): the base image's, never the appliance venv's."""
+    return os.environ.get("APPLIANCE_VLLM_PYTHON") or "python3"

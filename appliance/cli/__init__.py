@@ -7,7 +7,7 @@ import sys
 import typer
 
 from appliance import constants
-from appliance.cli import mirror, store, testing
+from appliance.cli import mirror, runtime, store, testing
 from appliance.errors import ApplianceError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 store.register(app)
+runtime.register(app)
 app.add_typer(mirror.app, name="mirror")
 app.add_typer(testing.app, name="testing")
 
