@@ -242,3 +242,34 @@ def test_forbidden_file_is_access_denied_not_offline(hub, manifests, repo, tmp_p
     hub(Faults(status={"config.json": 403}))
     with pytest.raises(AccessDeniedError):
         _fetch(_catalog(manifests, repo), tmp_path / "store")
+
+
+def test_partial_file_of_an_interrupted_run_is_resumed_by_the_next(hub, manifests, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C in the middle of a big file keeps the bytes written; the next run asks only for the rest."""
+    from huggingface_hub import constants
+
+    from appliance.store.sources import hf
+
+    chunk = constants.DOWNLOAD_CHUNK_SIZE
+    data = random.Random(2).randbytes(chunk + 3_000_000)
+    big = repo_from_dir(REPO, make_files(tmp_path / "big", {BIG: data}))
+    catalog = _catalog(manifests, big)
+    write = hf._HashingSink.write
+
+    def interrupted(self, piece: bytes) -> int:  # type: ignore[no-untyped-def]
+        if self.handle.tell() >= chunk:
+            raise KeyboardInterrupt
+        return write(self, piece)
+
+    mirror = HubMirror([big]).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        monkeypatch.setattr(hf._HashingSink, "write", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _fetch(catalog, tmp_path / "store")
+        monkeypatch.setattr(hf._HashingSink, "write", write)
+        _fetch(catalog, tmp_path / "store")
+    finally:
+        mirror.stop()
+    assert _downloads(mirror, BIG) == [None, f"bytes={chunk}-"]
+    assert (tmp_path / "store" / "m" / BIG).read_bytes() == data

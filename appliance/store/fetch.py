@@ -303,7 +303,7 @@ class ModelFetch:
         problem = ""
         for _attempt in range(self.options.retries + 1):
             try:
-                path = self.source.download(commit, want.remote, self.download_dir)
+                got = self.source.download(commit, want.remote, self.download_dir)
             except (DiskFullError, AccessDeniedError, RevisionNotFoundError, RepoNotFoundError, UnsafePathError):
                 raise  # retrying cannot help
             except OSError as exc:
@@ -314,7 +314,7 @@ class ModelFetch:
             except Exception as exc:
                 problem = f"download failed: {exc}"
                 continue
-            found = self._accept(want, path, final, downloaded=True)
+            found = self._accept(want, got.path, final, downloaded=True, sha256=got.sha256)
             if isinstance(found, LockedFile):
                 return found
             problem = found
@@ -322,10 +322,13 @@ class ModelFetch:
         attempts = self.options.retries + 1
         raise IntegrityError(self.name, want.path, f"{problem} ({attempts} attempts from {self.source.describe()})")
 
-    def _accept(self, want: Wanted, path: Path, final: Path, downloaded: bool) -> LockedFile | str:
-        """Check `path` and move it to `final`; the problem found otherwise."""
+    def _accept(
+        self, want: Wanted, path: Path, final: Path, downloaded: bool, sha256: str | None = None
+    ) -> LockedFile | str:
+        """Check `path` (hashing it unless the source hashed it while writing) and move it to `final`;
+        the problem found otherwise."""
         size = path.stat().st_size
-        sha = sha256_file(path)
+        sha = sha256 or sha256_file(path)
         problem = _problem(want, path, size, sha)
         if problem:
             return problem

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from appliance.manifest import ModelManifest
-from appliance.store.sources.base import ModelSource, RemoteFile
+from appliance.store.sources.base import Downloaded, ModelSource, RemoteFile
 
 
 def source_for(manifest: ModelManifest) -> ModelSource:
@@ -21,4 +21,4 @@ def source_for(manifest: ModelManifest) -> ModelSource:
     return LocalSource(manifest)
 
 
-__all__ = ["ModelSource", "RemoteFile", "source_for"]
+__all__ = ["Downloaded", "ModelSource", "RemoteFile", "source_for"]

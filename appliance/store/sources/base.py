@@ -21,6 +21,12 @@ class RemoteFile:
     git_sha1: str | None = None  # git blob id the hub publishes for files outside LFS
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path
+    sha256: str | None = None  # computed while the bytes were written, if the source could
+
+
 class ModelSource(ABC):
     def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
@@ -38,8 +44,8 @@ class ModelSource(ABC):
         """Every file at `commit`, unfiltered and unchecked (the fetcher filters and checks)."""
 
     @abstractmethod
-    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
-        """Bring one file into `workdir` (resuming a partial one) and return where it is."""
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
+        """Bring one file into `workdir` (resuming a partial one) and say where it is."""
 
     def preflight(self) -> None:  # noqa: B027 (optional hook: local sources need none)
         """Fail fast, with a clear error, when the source cannot be reached at all."""

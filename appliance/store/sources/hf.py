@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
+from huggingface_hub.file_download import http_get
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers
 
 from appliance import errors
-from appliance.store.sources.base import ModelSource, RemoteFile, check_reachable
+from appliance.store.sources.base import Downloaded, ModelSource, RemoteFile, check_reachable
 
 HINT = "On an isolated network point HF_ENDPOINT at an internal mirror, or use a dir:/tar: source"
 
@@ -59,17 +62,46 @@ class HFSource(ModelSource):
             if isinstance(e, RepoFile)
         ]
 
-    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
-        # local_dir mode keeps `.incomplete` parts and metadata under workdir/.cache, so an
-        # interrupted download resumes with a Range request instead of starting over.
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
+        """huggingface_hub's own HEAD + `http_get` (Range resume, retries), writing through a hasher.
+
+        `hf_hub_download` would give the same bytes but no digest, and re-reading a multi-GB file
+        to hash it puts a second pass on the critical path; this hashes while the bytes arrive.
+        A partial file survives an interrupted run, and the next run resumes it with a Range request.
+        """
+        url = hf_hub_url(self.repo, file.path, revision=commit, endpoint=endpoint())
         with self._errors(commit, file.path):
-            path = hf_hub_download(self.repo, file.path, revision=commit, local_dir=workdir, endpoint=endpoint())
-        return Path(path)
+            meta = get_hf_file_metadata(url, endpoint=endpoint(), retry_on_errors=True)
+            if meta.commit_hash and meta.commit_hash != commit:
+                raise errors.SourceError(
+                    f"{self.model}: {file.path}: served from commit {meta.commit_hash}, not {commit}"
+                )
+            partial = self._partial(workdir, file)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            resume = partial.stat().st_size if partial.exists() else 0
+            if meta.size is not None and resume > meta.size:
+                partial.unlink()
+                resume = 0
+            digest = hashlib.sha256()
+            if resume:
+                with open(partial, "rb") as done:
+                    while chunk := done.read(1 << 20):
+                        digest.update(chunk)
+            with open(partial, "ab") as handle:
+                sink = _HashingSink(handle, digest)
+                http_get(meta.location, sink, resume_size=resume, headers=build_hf_headers(), expected_size=meta.size)
+        target = workdir / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, target)
+        return Downloaded(target, None if sink.rewound else digest.hexdigest())
+
+    @staticmethod
+    def _partial(workdir: Path, file: RemoteFile) -> Path:
+        return workdir / ".partial" / f"{file.path}.incomplete"
 
     def discard(self, workdir: Path, file: RemoteFile) -> None:
         super().discard(workdir, file)
-        meta = workdir / ".cache" / "huggingface" / "download" / f"{file.path}.metadata"
-        meta.unlink(missing_ok=True)
+        self._partial(workdir, file).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _errors(self, revision: str | None, path: str | None = None) -> Iterator[None]:
@@ -87,8 +119,6 @@ class HFSource(ModelSource):
 
 def _translate(exc: Exception, where: str, revision: str | None, path: str | None) -> Exception | None:
     what = f" file {path!r}" if path else ""
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError) and isinstance(exc.__cause__, hf_errors.HfHubHTTPError):
-        exc = exc.__cause__  # hf_hub_download wraps a 403 as "not in the local cache"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return errors.DiskFullError(errno.ENOSPC, f"{where}: disk full while downloading{what}")
     if isinstance(exc, hf_errors.OfflineModeIsEnabled):
@@ -121,3 +151,26 @@ def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return f"{type(exc).__name__}: {exc}"
+
+
+class _HashingSink:
+    """The file object `http_get` writes to: appends hash as they land. `http_get` rewinds only
+    when a server ignores a Range request; the digest is then void and the fetcher re-hashes."""
+
+    def __init__(self, handle, digest) -> None:  # type: ignore[no-untyped-def]
+        self.handle, self.digest, self.rewound = handle, digest, False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.rewound = True
+        return self.handle.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        self.rewound = True
+        return self.handle.truncate(size)

@@ -11,7 +11,7 @@ from pathlib import Path
 from appliance import constants
 from appliance.errors import SourceError, UnsafePathError
 from appliance.store.paths import safe_relpath
-from appliance.store.sources.base import ModelSource, RemoteFile
+from appliance.store.sources.base import Downloaded, ModelSource, RemoteFile
 
 LOCAL_COMMIT = "local"  # placeholder: the fetcher derives a content commit from the hashes
 
@@ -87,10 +87,10 @@ class LocalSource(ModelSource):
         except (tarfile.TarError, OSError) as exc:
             raise SourceError(f"{self.model}: cannot read {self.describe()}: {exc}") from exc
 
-    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
         target = workdir / safe_relpath(self.model, file.path)
         if target.is_file() and target.stat().st_size == file.size:
-            return target
+            return Downloaded(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         if self.manifest.source.kind == "dir":
@@ -102,4 +102,4 @@ class LocalSource(ModelSource):
                 with source, open(partial, "wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
         os.replace(partial, target)
-        return target
+        return Downloaded(target)

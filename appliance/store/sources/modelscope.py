@@ -16,7 +16,7 @@ from modelscope_hub import HubApi, RepoType
 from modelscope_hub import errors as ms_errors
 
 from appliance import errors
-from appliance.store.sources.base import ModelSource, RemoteFile, check_reachable
+from appliance.store.sources.base import Downloaded, ModelSource, RemoteFile, check_reachable
 
 HINT = "On an isolated network point MODELSCOPE_ENDPOINT at an internal mirror, or use a dir:/tar: source"
 
@@ -53,7 +53,7 @@ class ModelScopeSource(ModelSource):
             entries = self._api().list_repo_files(self.repo, RepoType.MODEL, revision=commit, recursive=True)
         return [RemoteFile(e.path, e.size, sha256=e.sha256) for e in entries if not e.is_dir]
 
-    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Path:
+    def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
         with self._translated(commit, file.path):
             path = self._api().download_file(
                 self.repo,
@@ -64,7 +64,7 @@ class ModelScopeSource(ModelSource):
                 expected_sha256=file.sha256,
                 file_size=file.size,
             )
-        return Path(path)
+        return Downloaded(Path(path))
 
     @contextlib.contextmanager
     def _translated(self, revision: str | None, path: str | None = None) -> Iterator[None]:
