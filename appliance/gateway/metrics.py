@@ -1,0 +1,59 @@
+"""Prometheus metrics of the gateway (served at /metrics, never counted themselves)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from starlette.requests import Request
+from starlette.responses import Response
+
+UNTRACKED = frozenset({"/metrics", "/livez", "/readyz", "/startupz"})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "appliance_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "appliance_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.pages = Counter("appliance_pages", "Pages sent to an engine", ["engine"], registry=self.registry)
+        self.tokens = Counter("appliance_tokens", "Tokens reported by vLLM", ["engine", "kind"], registry=self.registry)
+        self.in_flight = Gauge(
+            "appliance_engine_in_flight", "Requests waiting on an engine", ["engine"], registry=self.registry
+        )
+        self.upstream_errors = Counter(
+            "appliance_upstream_errors", "Engine calls that failed", ["engine", "reason"], registry=self.registry
+        )
+
+    def asgi_app(self):  # type: ignore[no-untyped-def]
+        return make_asgi_app(registry=self.registry)
+
+    def count_usage(self, engine: str, usage: dict | None) -> None:  # type: ignore[type-arg]
+        if usage:
+            self.tokens.labels(engine, "prompt").inc(usage.get("prompt_tokens") or 0)
+            self.tokens.labels(engine, "completion").inc(usage.get("completion_tokens") or 0)
+
+    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path in UNTRACKED:
+            return await call_next(request)
+        route = getattr(request.scope.get("route"), "path", None)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The route template (not the raw path) keeps label cardinality bounded.
+            route = getattr(request.scope.get("route"), "path", route) or "unmatched"
+            self.requests.labels(route, request.method, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,129 @@
+"""OpenAI pass-through: `/v1/models` and `/v1/chat/completions` (streaming too), routed by `model`
+to the vLLM server that serves that name. Existing OpenAI clients work unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from appliance.gateway.upstreams import Upstream, Upstreams
+
+router = APIRouter(tags=["OpenAI compatible"])
+RETRY_AFTER_SECONDS = 10
+
+
+def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error envelope, so clients surface the message."""
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unavailable(upstream: Upstream, why: str) -> JSONResponse:
+    return error(
+        503,
+        f"engine {upstream.served_name} is not ready ({why}); retry later",
+        "engine_unavailable",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _remote_image_urls(body: dict[str, Any]) -> list[str]:
+    """image/video URLs that are not inline data: the appliance never fetches from the network."""
+    found = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            for key in ("image_url", "video_url", "input_audio"):
+                value = part.get(key)
+                url = value.get("url") if isinstance(value, dict) else value
+                if isinstance(url, str) and not url.startswith("data:"):
+                    found.append(url[:80])
+    return found
+
+
+@router.get("/v1/models", summary="Models served by this appliance")
+async def list_models(request: Request) -> dict[str, Any]:
+    upstreams: Upstreams = request.app.state.upstreams
+    http: httpx.AsyncClient = request.app.state.http
+
+    async def one(upstream: Upstream) -> dict[str, Any]:
+        entry = {"id": upstream.served_name, "object": "model", "owned_by": "appliance", "ready": False}
+        try:
+            answer = await http.get(f"{upstream.base_url}/v1/models", timeout=2)
+            listed = {m["id"]: m for m in answer.json().get("data", [])}
+            if upstream.served_name in listed:
+                entry = listed[upstream.served_name] | {"owned_by": "appliance", "ready": True}
+        except (httpx.HTTPError, ValueError):
+            pass
+        return entry
+
+    return {"object": "list", "data": await asyncio.gather(*(one(u) for u in upstreams.all))}
+
+
+@router.post("/v1/chat/completions", summary="Chat completion, routed to the engine serving `model`")
+async def chat_completions(request: Request) -> Response:
+    upstreams: Upstreams = request.app.state.upstreams
+    try:
+        body = json.loads(await request.body())
+        assert isinstance(body, dict)
+    except (ValueError, AssertionError):
+        return error(400, "request body must be a JSON object", "invalid_request_error")
+    name = body.get("model")
+    upstream = upstreams.by_name(name) if isinstance(name, str) else None
+    if upstream is None:
+        known = ", ".join(upstreams.names)
+        return error(404, f"model {name!r} is not served here; known models: {known}", "model_not_found")
+    if remote := _remote_image_urls(body):
+        return error(
+            400, f"only data: URLs are accepted (air-gapped appliance), got {remote[0]!r}", "invalid_request_error"
+        )
+    return await forward(request, upstream, "/v1/chat/completions", body)
+
+
+async def forward(request: Request, upstream: Upstream, path: str, body: dict[str, Any]) -> Response:
+    http: httpx.AsyncClient = request.app.state.http
+    metrics = request.app.state.metrics
+    url = f"{upstream.base_url}{path}"
+    stream = bool(body.get("stream"))
+    gauge = metrics.in_flight.labels(upstream.engine)
+    gauge.inc()
+    try:
+        upstream_request = http.build_request("POST", url, json=body)
+        response = await http.send(upstream_request, stream=True)
+    except httpx.ConnectError:
+        gauge.dec()
+        metrics.upstream_errors.labels(upstream.engine, "unreachable").inc()
+        return unavailable(upstream, "its server is starting or restarting")
+    except httpx.TimeoutException:
+        gauge.dec()
+        metrics.upstream_errors.labels(upstream.engine, "timeout").inc()
+        return error(504, f"engine {upstream.served_name} did not answer in time", "upstream_timeout")
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "x-request-id")}
+    if stream:
+
+        async def relay():  # type: ignore[no-untyped-def]
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+                gauge.dec()
+
+        return StreamingResponse(relay(), status_code=response.status_code, headers=headers)
+    try:
+        content = await response.aread()
+    finally:
+        await response.aclose()
+        gauge.dec()
+    if response.status_code == 200:
+        with contextlib.suppress(ValueError):
+            metrics.count_usage(upstream.engine, json.loads(content).get("usage"))
+    return Response(content, status_code=response.status_code, headers=headers)
