@@ -89,3 +89,17 @@ def run_dir() -> Path:
 def vllm_python() -> str:
     """Interpreter that has vLLM (APPLIANCE_VLLM_PYTHON): the base image's, never the appliance venv's."""
     return os.environ.get("APPLIANCE_VLLM_PYTHON") or "python3"
+
+
+def _cache_home() -> Path:
+    return _env_path("XDG_CACHE_HOME", Path.home() / ".cache")
+
+
+def hf_home() -> Path:
+    """Hugging Face cache (HF_HOME): remote code is copied to $HF_HOME/modules, so it must be writable."""
+    return _env_path("HF_HOME", _cache_home() / "huggingface")
+
+
+def vllm_cache_root() -> Path:
+    """vLLM's compile and kernel caches (VLLM_CACHE_ROOT)."""
+    return _env_path("VLLM_CACHE_ROOT", _cache_home() / "vllm")

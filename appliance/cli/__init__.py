@@ -31,7 +31,8 @@ app.add_typer(testing.app, name="testing")
 def main() -> None:
     """Entry point: expected failures print one clear line and exit non-zero, no traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* the code of a `typer.Exit(code)` instead of exiting.
+        code = app(standalone_mode=False)
     except ApplianceError as exc:
         if constants.debug():
             raise
@@ -52,3 +53,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -1,15 +1,18 @@
-"""Run-time commands: the GPU memory plan (and, later, render / doctor / boot)."""
+"""Run-time commands: the GPU memory plan and the host preflight (and, later, render / boot)."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from appliance import constants
-from appliance.cli._common import ManifestsOpt, out
+from appliance.cli._common import ManifestsOpt, StoreOpt, out
 from appliance.manifest import Catalog
+from appliance.runtime.doctor import report, run_checks
 from appliance.runtime.plan import GIB, plan_profile
 
 
@@ -53,5 +56,53 @@ def plan(
         out.print(f"cpu: KV cache {prof.target.cpu_kvcache_gib} GiB per server (VLLM_CPU_KVCACHE_SPACE)")
 
 
+STATUS_STYLE = {"pass": "[green]pass[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]fail[/]"}
+
+
+def doctor(
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Profile to check (default $APPLIANCE_PROFILE, else tiny-cpu)."),
+    ] = None,
+    store: StoreOpt = None,
+    gpu_memory_gib: Annotated[
+        float | None,
+        typer.Option(min=1, help="GPU memory the appliance may use, when less than nvidia-smi reports (a shared GPU)."),
+    ] = None,
+    running: Annotated[
+        bool, typer.Option(help="The appliance is up: its ports are expected in use (reports any not listening).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of a table.")] = False,
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Preflight the host the appliance runs on: GPU and its memory plan, compute capability, free
+    disk for the caches, free ports, the store against its locks, the Python modules the models
+    need in vLLM's interpreter, and the offline switches. Exits 1 if any check fails (warnings
+    alone exit 0).
+
+    Examples:
+
+      docker exec ocr appliance doctor --running
+
+      APPLIANCE_STORE=./store appliance doctor --profile gpu-12gb --json
+    """
+    catalog = Catalog(manifests)
+    prof = catalog.profile(profile or constants.profile_name())
+    checks = run_checks(catalog, prof, store or constants.store_dir(), gpu_memory_gib=gpu_memory_gib, running=running)
+    result = report(prof.name, checks)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        table = Table("check", "status", "detail", title=f"appliance doctor: {prof.name}")
+        for check in checks:
+            table.add_row(escape(check.name), STATUS_STYLE[check.status], escape(check.detail))
+        out.print(table)
+        counts = result["counts"]
+        out.print(f"{counts['pass']} passed, {counts['warn']} warning(s), {counts['fail']} failed")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(plan)
+    app.command()(doctor)
