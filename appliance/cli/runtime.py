@@ -34,7 +34,7 @@ def plan(
     catalog = Catalog(manifests)
     prof = catalog.profile(profile)
     result = plan_profile(catalog, prof, gpu_memory_gib)
-    title = f"{prof.name}: {result.device}" + (f" {result.total_bytes / GIB:.0f} GiB" if result.total_bytes else "")
+    title = f"{prof.name}: {result.device}" + (f" {result.total_bytes / GIB:.1f} GiB" if result.total_bytes else "")
     table = Table("model", "weights", "KV cache", "overhead", "need", "fraction", title=title)
     for m in result.models:
         table.add_row(
@@ -50,7 +50,7 @@ def plan(
         total = sum(m.fraction for m in result.models)
         out.print(
             f"sum of fractions {total:.2f} <= safe {result.safe_fraction:.2f}; "
-            f"need {result.need_bytes / GIB:.2f} of {result.total_bytes / GIB:.0f} GiB"
+            f"need {result.need_bytes / GIB:.2f} of {result.total_bytes / GIB:.1f} GiB"
         )
     else:
         out.print(f"cpu: KV cache {prof.target.cpu_kvcache_gib} GiB per server (VLLM_CPU_KVCACHE_SPACE)")

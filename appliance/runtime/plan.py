@@ -84,7 +84,7 @@ def plan_profile(catalog: Catalog, profile: Profile, gpu_memory_gib: float | Non
             for name, w, kv, o in needs
         )
         raise PlanError(
-            f"profile {profile.name} needs {need / GIB:.2f} GiB but {total / GIB:.0f} GiB x {target.safe_fraction:.2f} "
+            f"profile {profile.name} needs {need / GIB:.2f} GiB but {total / GIB:.1f} GiB x {target.safe_fraction:.2f} "
             f"= {budget / GIB:.2f} GiB is the safe total:\n{rows}\n"
             "Lower max_model_len / max_num_seqs, use an FP8 variant, or drop a model."
         )
