@@ -149,7 +149,7 @@ def test_too_little_gpu_memory_fails_with_the_planners_message(gpu12: ManifestDi
     run = smi("NVIDIA RTX A2000, 6138, 8.9\n")
     memory = by_name(check_gpu(catalog, catalog.profile("gpu"), run=run, environ={}))["gpu memory"]
     assert memory.status == "fail"
-    assert "profile gpu needs 8.00 GiB but 6 GiB x 0.90" in memory.detail  # plan_profile's PlanError
+    assert "profile gpu needs 8.00 GiB but 6.0 GiB x 0.90" in memory.detail  # plan_profile's PlanError
     assert "small-fp8" in memory.detail and "weights" in memory.detail
     # --gpu-memory-gib: a GPU shared with other work gives the appliance less than it has.
     limited = check_gpu(catalog, catalog.profile("gpu"), gpu_memory_gib=7, run=smi(RTX_4070), environ={})
