@@ -84,3 +84,7 @@ def test_fetch_without_hub_says_what_to_do(tmp_path: Path) -> None:
 def test_every_command_explains_itself(args: list[str]) -> None:
     result = _appliance(*args, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_tiny_hub_passes_on_the_exit_status_of_its_command() -> None:
+    assert _appliance("testing", "tiny-hub", "--", sys.executable, "-c", "raise SystemExit(3)").returncode == 3
