@@ -52,3 +52,18 @@ class PageResult(BaseModel):
     task: Task
     timings: dict[str, float] = Field(default_factory=dict, description="seconds, e.g. engine, queue")
     warnings: list[str] = Field(default_factory=list, description="output repaired or partly lost (broken JSON, …)")
+
+
+class DocumentResult(BaseModel):
+    """A whole upload read by one engine: what `/v1/ocr` answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    model: str
+    task: Task
+    kind: str = Field(description="detected file type: pdf, png, jpeg, tiff, webp")
+    total_pages: int = Field(description="pages in the upload (before any page range)")
+    markdown: str = Field(description="every page's Markdown, pages separated by a blank line and ---")
+    pages: list[PageResult]
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds: decode, ocr, total")

@@ -160,8 +160,8 @@ def parse_qwenvl_html(text: str, width: int, height: int) -> list[Block]:
             bbox = [_scale(x0, width), _scale(y0, height), _scale(x1, width), _scale(y1, height)]
             bbox = [min(bbox[0], bbox[2]), min(bbox[1], bbox[3]), max(bbox[0], bbox[2]), max(bbox[1], bbox[3])]
         category = (cls or "").strip().lower() or _CATEGORY_BY_TAG.get(tag, "text")
-        if category in ("image", "chart"):
-            category = "picture" if category == "image" else category
+        if category in ("image", "figure"):
+            category = "picture"
         if tag == "table":
             blocks.append(table_block(content, bbox, category="table"))
         else:
