@@ -14,7 +14,6 @@ import base64
 import io
 import re
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,7 +30,8 @@ DEFAULT_MAX_PAGES = 200
 DEFAULT_DPI = 200  # dots.ocr's and PaddleX's PDF rendering resolution (PaddleX: scale 2.0 = 144 dpi)
 
 # PIL's own bomb guard is a second line behind the explicit size checks below: it warns above the
-# limit and raises above twice the limit. Set once, process-wide, to the largest page we accept.
+# limit and raises above twice the limit. Process-wide, so set to the largest page we accept (and raised
+# when a caller's Limits accept larger ones); warnings are not turned into errors (not thread-safe).
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
 _PDFIUM_LOCK = threading.Lock()  # pdfium is not thread-safe
@@ -124,6 +124,8 @@ def decode_document(
         )
     if not 36 <= dpi <= 600:
         raise DocumentError(f"dpi {dpi}: must be between 36 and 600")
+    if Image.MAX_IMAGE_PIXELS is not None and limits.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels  # PIL's guard never below ours (it refuses at twice its limit)
     if kind == "pdf":
         total, pages = _decode_pdf(data, limits, dpi, page_range)
     else:
@@ -159,22 +161,20 @@ def _decode_image(
     data: bytes, kind: Kind, limits: Limits, page_range: tuple[int, int | None] | None
 ) -> tuple[int, list[PageImage]]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-            _check_pixels(img.width, img.height, limits, f"{kind.upper()} image")
-            total = getattr(img, "n_frames", 1) if kind == "tiff" else 1
-            selected = _select(total, page_range, limits)
-            pages = []
-            for number in selected:
-                if total > 1:
-                    img.seek(number - 1)
-                    _check_pixels(img.width, img.height, limits, f"TIFF page {number}")
-                pages.append(PageImage(number, _to_rgb(img)))
-            return total, pages
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        _check_pixels(img.width, img.height, limits, f"{kind.upper()} image")
+        total = getattr(img, "n_frames", 1) if kind == "tiff" else 1
+        selected = _select(total, page_range, limits)
+        pages = []
+        for number in selected:
+            if total > 1:
+                img.seek(number - 1)
+                _check_pixels(img.width, img.height, limits, f"TIFF page {number}")
+            pages.append(PageImage(number, _to_rgb(img)))
+        return total, pages
     except DocumentError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise DocumentTooLargeError(f"{kind.upper()} image: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise DocumentError(f"malformed {kind.upper()} image: {exc}") from exc
