@@ -15,7 +15,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml build/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c build/constraints.txt -e '.[dev,testing]'
+	$(VENV)/bin/pip install -q -c build/constraints.txt -e '.[dev,testing,gateway]'
 	$(VENV)/bin/python build/patch-torchvision.py
 	touch $@
 

@@ -96,3 +96,61 @@ class UnpinnedRevisionError(SourceError, ValueError):
 
 class DiskFullError(ApplianceError, OSError):
     pass
+
+
+# --- gateway: documents and OCR engines ------------------------------------------------------------
+# Each carries the HTTP status the API layer answers with, so the routes map errors in one place.
+
+
+class GatewayError(ApplianceError):
+    """A request the gateway could not serve; `status_code` is what the API layer answers."""
+
+    status_code = 500
+
+
+class DocumentError(GatewayError, ValueError):
+    """An upload that cannot be turned into pages: malformed, unsupported, or outside the limits."""
+
+    status_code = 400
+
+
+class UnsupportedDocumentError(DocumentError):
+    status_code = 415
+
+
+class DocumentTooLargeError(DocumentError):
+    """Upload bytes, decoded pixels per page or page count above the configured limit."""
+
+    status_code = 413
+
+
+class TaskNotSupportedError(GatewayError, ValueError):
+    """The chosen engine has no prompt for this task (e.g. chart on dots.ocr)."""
+
+    status_code = 422
+
+
+class EngineError(GatewayError):
+    """The engine's server answered, but not with something usable (a 4xx from vLLM, no choices)."""
+
+    status_code = 502
+
+    def __init__(self, engine: str, message: str) -> None:
+        self.engine = engine
+        super().__init__(f"{engine}: {message}")
+
+
+class EngineUnavailable(EngineError, ConnectionError):
+    """The engine's server refused the connection, is still starting, or answered 5xx: retry later."""
+
+    status_code = 503
+
+    def __init__(self, engine: str, message: str, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
+        super().__init__(engine, message)
+
+
+class EngineTimeout(EngineError, TimeoutError):
+    """The engine took longer than its configured timeout."""
+
+    status_code = 504

@@ -1,0 +1,1 @@
+"""OCR gateway: engine adapters, document decoding, API services (FastAPI wiring lives in its own modules)."""

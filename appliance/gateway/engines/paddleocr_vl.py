@@ -1,0 +1,237 @@
+"""PaddleOCR-VL adapter: the official PaddleOCR pipeline, its VL model served by our vLLM server.
+
+`PaddleOCRVL(vl_rec_backend="vllm-server", vl_rec_server_url=<our server>/v1, …)` — the pipeline
+does layout detection (PP-DocLayoutV2/V3, a Paddle model run in this process) and sends each region
+to vLLM with the task prompt (`OCR:`, `Table Recognition:`, `Formula Recognition:`,
+`Chart Recognition:`); it converts OTSL tables to HTML itself. Without a layout model the pipeline is
+built with `use_layout_detection=False` (and no orientation / unwarping models), and a page is one
+region read with the prompt chosen by `prompt_label` — that is also how single-task requests
+(table, formula, chart) run when a layout model is present.
+
+Offline: PaddleX looks up hubs only for models it has no local directory for. Every model it would
+need is either given by directory (layout) or switched off (orientation, unwarping), the VL model is
+remote (`vllm-server`: an OpenAI client only, asked for `vl_rec_api_model_name`, so it never lists
+/v1/models), and `PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK` skips the hub connectivity probe that
+otherwise runs before the first download attempt. See `paddle_offline_env`.
+
+The vLLM server must run with `--trust-request-mm-kwargs`: the pipeline sends per-request
+`mm_processor_kwargs` (min/max pixels per region type), which vLLM ≥ 0.11 refuses otherwise.
+
+The pipeline is synchronous: it is built once, lazily, under a lock, and called in a dedicated
+thread pool of `max_concurrency` threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.errors import EngineError, EngineTimeout, EngineUnavailable
+from appliance.gateway.documents import PageImage
+from appliance.gateway.engines._text import table_block
+from appliance.gateway.engines.base import Engine, EngineSettings
+from appliance.gateway.protocol import Block, PageResult, Task
+
+# pipeline_version → (PaddleX pipeline name, VL model name the pipeline asks the server for)
+PIPELINES = {
+    "v1": ("PaddleOCR-VL", "PaddleOCR-VL-0.9B"),
+    "v1.5": ("PaddleOCR-VL-1.5", "PaddleOCR-VL-1.5-0.9B"),
+    "v1.6": ("PaddleOCR-VL-1.6", "PaddleOCR-VL-1.6-0.9B"),
+}
+PROMPT_LABELS = {Task.text: "ocr", Task.table: "table", Task.formula: "formula", Task.chart: "chart"}
+# The pipeline's block labels without layout are the prompt labels; with layout, PP-DocLayout's.
+CATEGORY_BY_LABEL = {"ocr": "text", "paragraph_title": "section-header", "doc_title": "title"}
+
+
+def paddle_offline_env(cache_home: Path | None = None) -> dict[str, str]:
+    """Environment PaddleX needs to stay off the network (set before `paddlex` is imported)."""
+    env = {"PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}  # any non-empty value disables the hub probe
+    if cache_home is not None:
+        env["PADDLE_PDX_CACHE_HOME"] = str(cache_home)  # official_models/, fonts/, temp files
+    return env
+
+
+PipelineFactory = Callable[..., Any]
+
+
+class PaddleOcrVlEngine(Engine):
+    kind = "paddleocr-vl"
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        pipeline_version: str = "v1",
+        layout_model_dir: Path | str | None = None,
+        layout_model_name: str | None = None,
+        pipeline_factory: PipelineFactory | None = None,
+    ) -> None:
+        super().__init__(settings)
+        if pipeline_version not in PIPELINES:
+            raise ValueError(f"pipeline_version {pipeline_version!r}: expected one of {', '.join(PIPELINES)}")
+        self.pipeline_version = pipeline_version
+        self.layout_model_dir = Path(layout_model_dir) if layout_model_dir else None
+        if self.layout_model_dir is not None and not (self.layout_model_dir / "inference.yml").is_file():
+            raise ValueError(f"layout model dir {self.layout_model_dir}: no inference.yml")
+        self.layout_model_name = layout_model_name
+        self._factory = pipeline_factory or _official_pipeline
+        self._pipeline: Any = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="paddleocr-vl")
+
+    @property
+    def has_layout(self) -> bool:
+        return self.layout_model_dir is not None
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Exactly what `PaddleOCRVL(...)` is constructed with (tests assert on it)."""
+        kwargs: dict[str, Any] = {
+            "pipeline_version": self.pipeline_version,
+            "vl_rec_backend": "vllm-server",
+            "vl_rec_server_url": f"{self.settings.root}/v1",
+            "vl_rec_api_model_name": self.settings.served_name,
+            "vl_rec_max_concurrency": self.settings.max_concurrency,
+            "use_doc_orientation_classify": False,
+            "use_doc_unwarping": False,
+        }
+        if self.layout_model_dir is not None:
+            kwargs["use_layout_detection"] = True
+            kwargs["layout_detection_model_dir"] = str(self.layout_model_dir)
+            if self.layout_model_name:
+                kwargs["layout_detection_model_name"] = self.layout_model_name
+        else:
+            kwargs["use_layout_detection"] = False
+        return kwargs
+
+    def pipeline(self) -> Any:
+        """The pipeline, built on first use (thread-safe; construction makes no network call)."""
+        if self._pipeline is None:
+            with self._lock:
+                if self._pipeline is None:
+                    for key, value in paddle_offline_env().items():
+                        os.environ.setdefault(key, value)
+                    _check_flags_read()
+                    self._pipeline = self._factory(**self.pipeline_kwargs())
+        return self._pipeline
+
+    async def _read(self, page: PageImage, task: Task) -> PageResult:
+        loop = asyncio.get_running_loop()
+        bgr = np.ascontiguousarray(np.asarray(page.image)[:, :, ::-1])
+        use_layout = task == Task.layout and self.has_layout
+        predict_kwargs: dict[str, Any] = {
+            "use_layout_detection": use_layout,
+            "use_queues": False,  # one page per call: run inline, so upstream errors keep their type
+        }
+        if not use_layout:
+            predict_kwargs["prompt_label"] = PROMPT_LABELS.get(task, "ocr")
+        if self.settings.max_new_tokens is not None:
+            predict_kwargs["max_new_tokens"] = self.settings.max_new_tokens
+        warnings = []
+        if task == Task.layout and not self.has_layout:
+            warnings.append("no layout model configured: the page is read as one text region")
+        raw = await loop.run_in_executor(self._pool, self._predict, bgr, predict_kwargs)
+        markdown, blocks = convert_result(raw)
+        return self._result(page, task, markdown, blocks, warnings)
+
+    def _predict(self, bgr: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            results = self.pipeline().predict(bgr, **kwargs)
+            if not results:
+                raise EngineError(self.kind, "the pipeline returned no result for the page")
+            result = results[0]
+            return {
+                "res": result.json["res"],
+                "markdown": result._to_markdown(pretty=False)["markdown_texts"],  # as PaddleX serving does
+            }
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise _translate(self.kind, self.settings.root, exc) from exc
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await asyncio.get_running_loop().run_in_executor(None, pipeline.close)
+
+
+def _check_flags_read() -> None:
+    """PaddleX reads its flags once, at import: if it was imported before the env was set, say so."""
+    flags = sys.modules.get("paddlex.utils.flags")
+    if flags is not None and not getattr(flags, "DISABLE_MODEL_SOURCE_CHECK", None):
+        raise EngineError(
+            "paddleocr-vl",
+            "paddlex was imported before PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK was set: set it in the environment",
+        )
+
+
+def _official_pipeline(**kwargs: Any) -> Any:
+    from paddleocr import PaddleOCRVL  # heavy (paddle): imported on first use only
+
+    return PaddleOCRVL(**kwargs)
+
+
+def convert_result(raw: dict[str, Any]) -> tuple[str, list[Block]]:
+    """PaddleOCRVLResult (its `json["res"]` and Markdown) → our Markdown and blocks.
+
+    `parsing_res_list` items: `block_label`, `block_content`, `block_bbox` ([x0, y0, x1, y1] in the
+    input image's pixels: no orientation/unwarping runs, so the original page's), `block_order`.
+    Tables arrive as HTML (PaddleX converted the OTSL) or, when that failed, as OTSL.
+    """
+    res = raw.get("res", {})
+    blocks = []
+    for item in res.get("parsing_res_list", []):
+        label = str(item.get("block_label") or "text")
+        category = CATEGORY_BY_LABEL.get(label, label)
+        content = item.get("block_content") or ""
+        bbox = item.get("block_bbox")
+        bbox = [round(float(v)) for v in bbox] if isinstance(bbox, list | tuple) and len(bbox) == 4 else None
+        if label == "table":
+            blocks.append(table_block(content, bbox))
+        else:
+            blocks.append(Block(bbox=bbox, category=category, text=content))
+    markdown = raw.get("markdown") or ""
+    return markdown.strip(), blocks
+
+
+def _translate(engine: str, root: str, exc: Exception) -> EngineError:
+    """Errors from the pipeline's OpenAI client (or PaddleX's wrapping of them) → our typed errors."""
+    import openai
+
+    for err in _chain(exc):
+        if isinstance(err, openai.APITimeoutError):
+            return EngineTimeout(engine, f"{root}: request timed out")
+        if isinstance(err, openai.APIConnectionError):
+            return EngineUnavailable(engine, f"{root} unreachable: {err}")
+        if isinstance(err, openai.InternalServerError):
+            return EngineUnavailable(engine, f"{root} answered {err.status_code}: {err.message}")
+        if isinstance(err, openai.APIStatusError):
+            hint = ""
+            if "mm_processor_kwargs" in str(err.message):  # vLLM >= 0.11 refuses them by default
+                hint = (
+                    " (run the vLLM server with --trust-request-mm-kwargs: the pipeline sends per-request pixel limits)"
+                )
+            return EngineError(engine, f"{root} refused the request ({err.status_code}): {err.message}{hint}")
+    text = str(exc)
+    if "Connection error" in text:
+        return EngineUnavailable(engine, f"{root} unreachable: {text}")
+    if "timed out" in text.lower():
+        return EngineTimeout(engine, f"{root}: {text}")
+    return EngineError(engine, f"PaddleOCR pipeline failed: {type(exc).__name__}: {text[:300]}")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
