@@ -74,6 +74,10 @@ class Serve(_Strict):
     enable_prefix_caching: bool | None = None
     limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 1, "video": 0})
     mm_processor_kwargs: dict[str, Any] | None = None
+    # Accept per-request mm_processor_kwargs (vLLM refuses them otherwise). The official PaddleOCR
+    # pipeline sends its pixel limits with every request; the gateway's OpenAI pass-through strips
+    # the field from client requests, so only our own pipeline can use it.
+    trust_request_mm_kwargs: bool = False
     dtype: str | None = None
     extra_args: list[str] = Field(default_factory=list)
 

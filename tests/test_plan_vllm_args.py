@@ -57,6 +57,7 @@ def test_every_engine_gets_its_flags(profile: str) -> None:
             assert _flag(args, "--generation-config") == "vllm"
         if manifest.engine == "paddleocr-vl":
             assert "--no-enable-prefix-caching" in args and _flag(args, "--max-num-batched-tokens")
+            assert "--trust-request-mm-kwargs" in args  # the PaddleOCR pipeline sends pixel limits
         if prof.target.device == "cuda":
             assert 0 < float(_flag(args, "--gpu-memory-utilization") or 0) < 1
         else:

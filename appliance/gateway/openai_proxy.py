@@ -81,6 +81,9 @@ async def chat_completions(request: Request) -> Response:
     if upstream is None:
         known = ", ".join(upstreams.names)
         return error(404, f"model {name!r} is not served here; known models: {known}", "model_not_found")
+    # Per-request processor kwargs are trusted only from the gateway's own PaddleOCR pipeline:
+    # a client could otherwise raise max_pixels past what the GPU plan allows.
+    body.pop("mm_processor_kwargs", None)
     if remote := _remote_image_urls(body):
         return error(
             400, f"only data: URLs are accepted (air-gapped appliance), got {remote[0]!r}", "invalid_request_error"

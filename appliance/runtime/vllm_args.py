@@ -58,6 +58,8 @@ def vllm_args(
         args += ["--max-num-batched-tokens", str(serve.max_num_batched_tokens)]
     if serve.enable_prefix_caching is False:
         args.append("--no-enable-prefix-caching")
+    if serve.trust_request_mm_kwargs:
+        args.append("--trust-request-mm-kwargs")
     if serve.mm_processor_kwargs:
         args += ["--mm-processor-kwargs", _json(serve.mm_processor_kwargs)]
     return args + list(serve.extra_args)
