@@ -89,3 +89,27 @@ def run_dir() -> Path:
 def vllm_python() -> str:
     """Interpreter that has vLLM (APPLIANCE_VLLM_PYTHON): the base image's, never the appliance venv's."""
     return os.environ.get("APPLIANCE_VLLM_PYTHON") or "python3"
+
+
+def gateway_host() -> str:
+    """Address the gateway listens on (APPLIANCE_GATEWAY_HOST): all interfaces inside the container,
+    where the published port is the only way in; 127.0.0.1 for tests and bare-host runs."""
+    return os.environ.get("APPLIANCE_GATEWAY_HOST") or "0.0.0.0"
+
+
+def supervisord_conf() -> Path | None:
+    """supervisord.conf `appliance boot` runs (APPLIANCE_SUPERVISORD_CONF); None: render the profile's at boot."""
+    value = os.environ.get("APPLIANCE_SUPERVISORD_CONF")
+    return Path(value) if value else None
+
+
+def supervisor_user() -> str:
+    """User name of supervisord's control socket (APPLIANCE_SUPERVISOR_USER)."""
+    return os.environ.get("APPLIANCE_SUPERVISOR_USER") or "appliance"
+
+
+def supervisor_password_file() -> Path | None:
+    """A mounted secret holding the control-socket password (APPLIANCE_SUPERVISOR_PASSWORD_FILE);
+    without one, `appliance boot` generates a password at first boot and keeps it in the run dir."""
+    value = os.environ.get("APPLIANCE_SUPERVISOR_PASSWORD_FILE")
+    return Path(value) if value else None
