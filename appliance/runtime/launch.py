@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shlex
 import signal
 import sys
 import time
@@ -246,7 +247,7 @@ def launch(model: str, command: list[str], catalog: Catalog, profile: Profile, r
     me, why = prepare(model, command, catalog, profile, run_dir)
     detail = f"vLLM starting; its turn because {why}"
     phases.write_phase(model, "loading", port=me.port, pid=os.getpid(), run_dir=run_dir, detail=detail)
-    log(model, f"loading: exec {' '.join(command)}")
+    log(model, f"loading: exec {shlex.join(command)}")
     sys.stdout.flush()
     sys.stderr.flush()
     _spawn_watcher(model, me.port, run_dir)

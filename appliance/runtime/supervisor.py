@@ -100,7 +100,7 @@ def _environment(env: dict[str, str]) -> str:
     return ",".join(f'{key}="{value}"' for key, value in env.items())
 
 
-def _device_env(profile: Profile) -> dict[str, str]:
+def device_env(profile: Profile) -> dict[str, str]:
     if profile.target.device == "cpu":
         # vLLM's CPU backend sizes its KV cache from this (GiB), not from a memory fraction.
         return {"VLLM_CPU_KVCACHE_SPACE": str(profile.target.cpu_kvcache_gib)}
@@ -176,7 +176,7 @@ def render_supervisord_conf(catalog: Catalog, profile: Profile, models_root: Pur
         args = vllm_args(served.manifest, profile, served.entry, plan.fraction(served.name), models_root)
         server = " ".join(["%(ENV_APPLIANCE_VLLM_PYTHON)s", *ENTRYPOINT, *(_literal(shlex.quote(a)) for a in args)])
         env = offline | {"HF_HOME": "%(ENV_HF_HOME)s", "VLLM_CACHE_ROOT": "%(ENV_VLLM_CACHE_ROOT)s"}
-        env |= _device_env(profile)
+        env |= device_env(profile)
         t = timings[served.name]
         lines += [
             f"; {'essential' if served.essential else 'optional'}, port {served.port}, measured cold start "
