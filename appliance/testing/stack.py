@@ -27,6 +27,7 @@ import yaml
 import appliance
 from appliance.manifest import Catalog
 from appliance.runtime.supervisor import render_supervisord_conf
+from appliance.testing.probe import get
 
 CHECKOUT = Path(appliance.__file__).resolve().parent.parent
 
@@ -209,23 +210,17 @@ class Stack:
 
     def http_get(self, port: int, path: str, timeout: float = 5.0) -> tuple[int | None, Any]:
         """(status, parsed JSON or text) of GET http://127.0.0.1:port/path — inside the namespace if any."""
-        script = (
-            "import json,sys,urllib.request,urllib.error\n"
-            "u=sys.argv[1]\n"
-            "try:\n"
-            f" r=urllib.request.build_opener(urllib.request.ProxyHandler({{}})).open(u,timeout={timeout})\n"
-            " s,b=r.status,r.read()\n"
-            "except urllib.error.HTTPError as e:\n s,b=e.code,e.read()\n"
-            "except OSError as e:\n s,b=None,str(e).encode()\n"
-            "print(json.dumps({'status':s,'body':b.decode(errors='replace')}))\n"
-        )
-        command = [sys.executable, "-c", script, f"http://127.0.0.1:{port}{path}"]
-        if self.netns:
-            command = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 10)
-        if result.returncode != 0:
-            raise StackError(f"probe failed: {result.stderr.strip()}")
-        data = json.loads(result.stdout)
+        url = f"http://127.0.0.1:{port}{path}"
+        if self.netns:  # a child process entering the namespace (setns would move this whole thread)
+            probe = [sys.executable, "-m", "appliance.testing.probe", url, str(timeout)]
+            command = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *probe]
+            env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 10, env=env)
+            if result.returncode != 0:
+                raise StackError(f"probe failed: {result.stderr.strip()}")
+            data = json.loads(result.stdout)
+        else:  # in-process: polling must not cost the machine a Python start-up twice a second
+            data = get(url, timeout)
         try:
             return data["status"], json.loads(data["body"])
         except ValueError:
