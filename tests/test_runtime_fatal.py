@@ -51,6 +51,7 @@ def test_essential_fatal_records_and_shuts_down(tmp_path: Path) -> None:
     assert shutdowns == ["shutdown", "shutdown"]
     fatal = read_fatal(tmp_path)
     assert fatal is not None and fatal["program"] == "gateway"  # the last one wins; both were logged
+    assert fatal["model"] is None  # the gateway is a program, not a model
     record = phases.read_phase("essential-a", tmp_path)
     assert record is not None and record.phase == "failed"
     assert "went FATAL (from BACKOFF)" in record.detail and "x: missing" in record.detail

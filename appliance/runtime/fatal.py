@@ -87,7 +87,7 @@ def handle_fatal(
     log(f"essential {reason}; shutting the appliance down")
     path = fatal_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"program": name, "reason": reason, "time": time.time()}
+    data = {"program": name, "model": name if record is not None else None, "reason": reason, "time": time.time()}
     path.write_text(json.dumps(data) + "\n", encoding="utf-8")
     shutdown()
     return True
