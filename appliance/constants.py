@@ -103,3 +103,27 @@ def hf_home() -> Path:
 def vllm_cache_root() -> Path:
     """vLLM's compile and kernel caches (VLLM_CACHE_ROOT)."""
     return _env_path("VLLM_CACHE_ROOT", _cache_home() / "vllm")
+
+
+def gateway_host() -> str:
+    """Address the gateway listens on (APPLIANCE_GATEWAY_HOST): all interfaces inside the container,
+    where the published port is the only way in; 127.0.0.1 for tests and bare-host runs."""
+    return os.environ.get("APPLIANCE_GATEWAY_HOST") or "0.0.0.0"
+
+
+def supervisord_conf() -> Path | None:
+    """supervisord.conf `appliance boot` runs (APPLIANCE_SUPERVISORD_CONF); None: render the profile's at boot."""
+    value = os.environ.get("APPLIANCE_SUPERVISORD_CONF")
+    return Path(value) if value else None
+
+
+def supervisor_user() -> str:
+    """User name of supervisord's control socket (APPLIANCE_SUPERVISOR_USER)."""
+    return os.environ.get("APPLIANCE_SUPERVISOR_USER") or "appliance"
+
+
+def supervisor_password_file() -> Path | None:
+    """A mounted secret holding the control-socket password (APPLIANCE_SUPERVISOR_PASSWORD_FILE);
+    without one, `appliance boot` generates a password at first boot and keeps it in the run dir."""
+    value = os.environ.get("APPLIANCE_SUPERVISOR_PASSWORD_FILE")
+    return Path(value) if value else None

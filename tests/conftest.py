@@ -18,6 +18,9 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("MODELSCOPE_CACHE", str(home / "modelscope"))
     monkeypatch.setenv("APPLIANCE_STORE", str(home / "store"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("APPLIANCE_RUN_DIR", str(home / "run"))  # never /run/appliance
+    for var in ("APPLIANCE_PROFILE", "APPLIANCE_SUPERVISOR_PASSWORD_FILE", "APPLIANCE_SUPERVISORD_CONF"):
+        monkeypatch.delenv(var, raising=False)
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
 

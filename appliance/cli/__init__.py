@@ -7,7 +7,7 @@ import sys
 import typer
 
 from appliance import constants
-from appliance.cli import mirror, runtime, store, testing
+from appliance.cli import gateway, mirror, runtime, store, testing
 from appliance.errors import ApplianceError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 store.register(app)
 runtime.register(app)
+app.add_typer(gateway.app, name="gateway")
 app.add_typer(mirror.app, name="mirror")
 app.add_typer(testing.app, name="testing")
 

@@ -1,8 +1,10 @@
-"""Run-time commands: the GPU memory plan and the host preflight (and, later, render / boot)."""
+"""Run-time commands: `plan`, `doctor`, `render`, `boot`, and the `runtime` group supervisord runs."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 import typer
@@ -10,10 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from appliance import constants
-from appliance.cli._common import ManifestsOpt, StoreOpt, out
+from appliance.cli._common import ManifestsOpt, StoreOpt, console, out
 from appliance.manifest import Catalog
 from appliance.runtime.doctor import report, run_checks
 from appliance.runtime.plan import GIB, plan_profile
+
+runtime_app = typer.Typer(
+    help="Programs supervisord runs inside the appliance (boot sequencer, fatal listener) and start-up status.",
+    no_args_is_help=True,
+)
 
 
 def plan(
@@ -103,6 +110,114 @@ def doctor(
         raise typer.Exit(1)
 
 
+def render(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile to render.")] = constants.DEFAULT_PROFILE,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="File to write; '-' for standard output.")] = Path(
+        "supervisord.conf"
+    ),
+    models_root: Annotated[
+        str, typer.Option(help="Folder holding one folder per model (the image's read-only /models).")
+    ] = "/models",
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Render supervisord.conf for a profile: one program per vLLM server (the exact vLLM flags,
+    behind the boot sequencer), the gateway, and the fatal-exit listener.
+
+    Examples:
+
+      appliance render --profile gpu-24gb --out supervisord.conf
+
+      appliance render -o - | less
+    """
+    from appliance.runtime.supervisor import render_supervisord_conf
+
+    catalog = Catalog(manifests)
+    text = render_supervisord_conf(catalog, catalog.profile(profile), PurePosixPath(models_root))
+    if str(out_path) == "-":
+        sys.stdout.write(text)
+    else:
+        out_path.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out_path} ({profile})")
+
+
+def boot(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile to run (default $APPLIANCE_PROFILE, baked in).")
+    ] = None,
+    conf: Annotated[
+        Path | None,
+        typer.Option(
+            help="supervisord.conf to run (default $APPLIANCE_SUPERVISORD_CONF, else the profile's, rendered now).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Container entrypoint (under tini): prepare the run dir and control credentials, run supervisord,
+    and exit non-zero (3) if an essential program went FATAL.
+
+    The control password comes from the file named by APPLIANCE_SUPERVISOR_PASSWORD_FILE (a mounted
+    secret), else is generated at first boot. Either way the operator's client configuration is
+    written to <run dir>/supervisorctl.conf (mode 0600):
+
+      docker exec CTR supervisorctl -c /run/appliance/supervisorctl.conf status
+    """
+    from appliance.runtime.boot import boot as run_boot
+
+    raise typer.Exit(run_boot(profile, conf))
+
+
+@runtime_app.command(
+    "launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, no_args_is_help=True
+)
+def launch(
+    model: Annotated[str, typer.Argument(help="Model (= supervisord program) to start.")],
+    command: Annotated[list[str], typer.Argument(help="The server command, after `--`.", show_default=False)],
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Boot sequencer of one model: fast-verify its folder against the lock, wait until the previous
+    model of the profile answers /health, then exec the server command (phases in the run dir's phases/ folder).
+
+    Example (what supervisord.conf runs):
+
+      appliance runtime launch m -- python3 -m vllm.entrypoints.openai.api_server --model /models/m ...
+    """
+    from appliance.runtime.launch import launch as run_launch
+
+    catalog = Catalog(manifests)
+    run_launch(model, list(command), catalog, catalog.profile(constants.profile_name()))
+
+
+@runtime_app.command("fatal-listener")
+def fatal_listener(
+    essential: Annotated[str, typer.Option(help="Comma-separated programs whose FATAL stops the appliance.")] = "",
+) -> None:
+    """supervisord event listener for PROCESS_STATE_FATAL (speaks the protocol on stdin/stdout)."""
+    from appliance.runtime.fatal import run
+
+    run({name for name in essential.split(",") if name}, sys.stdin, sys.stdout)
+
+
+@runtime_app.command("status")
+def status(manifests: ManifestsOpt = None) -> None:
+    """Every model's start-up phase and seconds in it (what the gateway's /startupz reports).
+
+    Example:
+
+      docker exec CTR appliance runtime status
+    """
+    from appliance.runtime.phases import startup_report
+
+    catalog = Catalog(manifests)
+    prof = catalog.profile(constants.profile_name())
+    table = Table("model", "essential", "phase", "seconds", "port", "detail", title=f"{prof.name} start-up")
+    for m in startup_report(catalog, prof):
+        table.add_row(m.model, "yes" if m.essential else "no", m.phase, f"{m.seconds:.0f}", str(m.port), m.detail)
+    out.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(plan)
     app.command()(doctor)
+    app.command()(render)
+    app.command()(boot)
+    app.add_typer(runtime_app, name="runtime")

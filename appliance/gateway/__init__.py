@@ -1,1 +1,2 @@
-"""OCR gateway: engine adapters, document decoding, API services (FastAPI wiring lives in its own modules)."""
+"""The appliance's HTTP front: probes, the OCR API, the OpenAI pass-through, metrics and auth;
+engine adapters and document decoding behind them."""
