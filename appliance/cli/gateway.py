@@ -9,7 +9,9 @@ import typer
 from appliance import constants
 from appliance.manifest import Catalog
 
-app = typer.Typer(help="The appliance's HTTP gateway.", no_args_is_help=True)
+app = typer.Typer(
+    help="The appliance's HTTP gateway: OCR API, OpenAI pass-through, probes, metrics.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -20,7 +22,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: the profile's gateway_port).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (probes too).")] = False,
 ) -> None:
-    """Serve /livez, /readyz and /startupz for the profile in $APPLIANCE_PROFILE.
+    """Serve the OCR API (/v1/ocr, PaddleX /layout-parsing), the OpenAI pass-through (/v1/models,
+    /v1/chat/completions), /metrics and the probes (/livez, /readyz, /startupz) for the profile in
+    $APPLIANCE_PROFILE. API keys: APPLIANCE_API_KEYS_FILE or APPLIANCE_API_KEYS, else one is
+    generated into $APPLIANCE_RUN_DIR/api-key at first start.
 
     Example:
 

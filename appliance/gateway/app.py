@@ -1,4 +1,9 @@
-"""The gateway's FastAPI application: services built once in `lifespan`, each feature its own router."""
+"""The gateway's FastAPI application: services built once in `lifespan`, each feature its own router.
+
+Probes (`/livez`, `/readyz`, `/startupz`) are open; every other route needs an API key
+(`auth.ApiKeyAuth`), including `/metrics` (Prometheus: `authorization.credentials_file`). Errors
+of the OCR API are typed (`GatewayError.status_code`) and answered here, in one place.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,91 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from appliance import constants
-from appliance.gateway import probes
+from appliance import __version__, constants
+from appliance.errors import EngineUnavailable, GatewayError
+from appliance.gateway import ocr_api, openai_proxy, probes
+from appliance.gateway.auth import ApiKeyAuth, load_keys
+from appliance.gateway.engines_setup import build_engines
+from appliance.gateway.metrics import Metrics
+from appliance.gateway.serving import LayoutParsingService, OcrService
+from appliance.gateway.upstreams import Upstreams
 from appliance.manifest import Catalog
+from appliance.runtime.served import served_models
 
-ENGINE_TIMEOUT = httpx.Timeout(2.0)  # a probe must answer well within a Kubernetes probe timeout
+PROBE_TIMEOUT = httpx.Timeout(2.0)  # a probe must answer well within a Kubernetes probe timeout
+UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=5.0)  # a long generation is normal; a dead port is not
 
 
-def create_app(catalog: Catalog | None = None, profile: str | None = None, run_dir: Path | None = None) -> FastAPI:
+def create_app(
+    catalog: Catalog | None = None,
+    profile: str | None = None,
+    run_dir: Path | None = None,
+    models_root: Path | None = None,
+    api_keys: list[str] | None = None,
+) -> FastAPI:
     catalog = catalog or Catalog()
     prof = catalog.profile(profile or constants.profile_name())  # a bad profile fails here, not per request
+    served = served_models(catalog, prof)
+    models_root = models_root or constants.store_dir()
+    auth = ApiKeyAuth(api_keys if api_keys is not None else load_keys())
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # trust_env=False: engines are on loopback; an HTTP(S)_PROXY in the environment must not apply.
-        async with httpx.AsyncClient(timeout=ENGINE_TIMEOUT, trust_env=False) as client:
-            app.state.probes = probes.ProbeService(catalog, prof, client, run_dir)
-            yield
+        async with (
+            httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as probe_client,
+            httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False) as upstream_client,
+        ):
+            engines = build_engines(catalog, served, models_root)
+            app.state.probes = probes.ProbeService(catalog, prof, probe_client, run_dir)
+            app.state.http = upstream_client
+            app.state.upstreams = Upstreams(served)
+            app.state.metrics = metrics
+            app.state.ocr = OcrService(engines)
+            app.state.layout_parsing = LayoutParsingService(app.state.ocr)
+            app.state.engine_health = ocr_api.EngineHealth(
+                probe_client, {kind: e.settings.root for kind, e in engines.items()}
+            )
+            try:
+                yield
+            finally:
+                await app.state.ocr.aclose()
 
-    app = FastAPI(title="OCR appliance gateway", lifespan=lifespan)
+    app = FastAPI(
+        title="OCR appliance",
+        version=__version__,
+        description=(
+            f"Profile **{prof.name}**: {', '.join(s.served_name for s in served)}. "
+            "Send `Authorization: Bearer <key>` on every route but the probes."
+        ),
+        lifespan=lifespan,
+    )
     app.include_router(probes.router)
+    protected = [Depends(auth)]
+    app.include_router(ocr_api.router, dependencies=protected)
+    app.include_router(openai_proxy.router, dependencies=protected)
+    app.add_api_route("/metrics", _metrics_endpoint(metrics), dependencies=protected, include_in_schema=False)
+    app.middleware("http")(metrics.middleware)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, EngineUnavailable) else None
+        if exc.status_code >= 500:
+            metrics.upstream_errors.labels(getattr(exc, "engine", "-"), type(exc).__name__).inc()
+        return openai_proxy.error(exc.status_code, str(exc), type(exc).__name__, headers)
+
     return app
+
+
+def _metrics_endpoint(metrics: Metrics):  # type: ignore[no-untyped-def]
+    from fastapi.responses import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics_endpoint

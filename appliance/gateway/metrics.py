@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,9 +33,6 @@ class Metrics:
         self.upstream_errors = Counter(
             "appliance_upstream_errors", "Engine calls that failed", ["engine", "reason"], registry=self.registry
         )
-
-    def asgi_app(self):  # type: ignore[no-untyped-def]
-        return make_asgi_app(registry=self.registry)
 
     def count_usage(self, engine: str, usage: dict | None) -> None:  # type: ignore[type-arg]
         if usage:

@@ -154,8 +154,11 @@ class OptionsError(GatewayError, ValueError):
 async def ocr(request: Request) -> DocumentResult:
     service: OcrService = request.app.state.ocr
     data, options = await _parse(request, service.limits.max_upload_bytes)
+    started = time.perf_counter()
+    document = await service.decode(data, dpi=options.dpi, page_range=options.pages)
+    decoded = time.perf_counter() - started
     engine = await choose_engine(request, options.engine, options.task)
-    result = await service.read(data, engine=engine, task=options.task, dpi=options.dpi, page_range=options.pages)
+    result = await service.read_document(document, engine=engine, task=options.task, decode_seconds=decoded)
     request.app.state.metrics.pages.labels(result.engine).inc(len(result.pages))
     return result
 

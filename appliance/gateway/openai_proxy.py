@@ -12,7 +12,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from appliance.gateway.upstreams import Upstream, Upstreams
+from appliance.gateway.upstreams import Upstreams
+from appliance.runtime.served import Served
 
 router = APIRouter(tags=["OpenAI compatible"])
 RETRY_AFTER_SECONDS = 10
@@ -24,7 +25,7 @@ def error(status: int, message: str, kind: str, headers: dict[str, str] | None =
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def unavailable(upstream: Upstream, why: str) -> JSONResponse:
+def unavailable(upstream: Served, why: str) -> JSONResponse:
     return error(
         503,
         f"engine {upstream.served_name} is not ready ({why}); retry later",
@@ -54,7 +55,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     upstreams: Upstreams = request.app.state.upstreams
     http: httpx.AsyncClient = request.app.state.http
 
-    async def one(upstream: Upstream) -> dict[str, Any]:
+    async def one(upstream: Served) -> dict[str, Any]:
         entry = {"id": upstream.served_name, "object": "model", "owned_by": "appliance", "ready": False}
         try:
             answer = await http.get(f"{upstream.base_url}/v1/models", timeout=2)
@@ -91,7 +92,7 @@ async def chat_completions(request: Request) -> Response:
     return await forward(request, upstream, "/v1/chat/completions", body)
 
 
-async def forward(request: Request, upstream: Upstream, path: str, body: dict[str, Any]) -> Response:
+async def forward(request: Request, upstream: Served, path: str, body: dict[str, Any]) -> Response:
     http: httpx.AsyncClient = request.app.state.http
     metrics = request.app.state.metrics
     url = f"{upstream.base_url}{path}"

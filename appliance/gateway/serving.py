@@ -69,14 +69,22 @@ class OcrService:
 
     async def read(self, data: bytes, *, engine: str | None = None, task: Task = Task.layout,
                    dpi: int = DEFAULT_DPI, page_range: str | None = None) -> DocumentResult:  # fmt: skip
+        self._check(self.engine(engine), task)  # before decoding: a typo costs nothing
         started = time.perf_counter()
-        chosen = self.engine(engine)  # before decoding: a typo costs nothing
-        if task not in chosen.tasks:
-            raise TaskNotSupportedError(f"{chosen.kind}: task {task.value!r} is not supported")
         document = await self.decode(data, dpi=dpi, page_range=page_range)
-        decoded = time.perf_counter()
+        return await self.read_document(
+            document, engine=engine, task=task, decode_seconds=time.perf_counter() - started
+        )
+
+    async def read_document(self, document: Document, *, engine: str | None = None, task: Task = Task.layout,
+                            decode_seconds: float = 0.0) -> DocumentResult:  # fmt: skip
+        """Read an already decoded document (the API decodes first: a bad upload is a 4xx whatever
+        the engines' state)."""
+        chosen = self.engine(engine)
+        self._check(chosen, task)
+        started = time.perf_counter()
         pages = await self.read_pages(chosen, document, task)
-        done = time.perf_counter()
+        ocr_seconds = time.perf_counter() - started
         return DocumentResult(
             engine=chosen.kind,
             model=chosen.model,
@@ -86,11 +94,16 @@ class OcrService:
             markdown="\n\n---\n\n".join(p.markdown for p in pages),
             pages=pages,
             timings={
-                "decode": round(decoded - started, 4),
-                "ocr": round(done - decoded, 4),
-                "total": round(done - started, 4),
+                "decode": round(decode_seconds, 4),
+                "ocr": round(ocr_seconds, 4),
+                "total": round(decode_seconds + ocr_seconds, 4),
             },
         )
+
+    @staticmethod
+    def _check(engine: Engine, task: Task) -> None:
+        if task not in engine.tasks:
+            raise TaskNotSupportedError(f"{engine.kind}: task {task.value!r} is not supported")
 
     async def aclose(self) -> None:
         await asyncio.gather(*(e.aclose() for e in self.engines.values()))

@@ -17,6 +17,14 @@ class Served:
     manifest: ModelManifest
     entry: ProfileModel
 
+    @property
+    def engine(self) -> str:
+        return self.manifest.engine
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
 
 def served_models(catalog: Catalog, profile: Profile) -> list[Served]:
     """Every model of the profile that vLLM serves, in the profile's order (the start order)."""

@@ -139,6 +139,7 @@ class Stack:
             "PATH": f"{self.bin}:{env.get('PATH', '/usr/bin:/bin')}",
             "APPLIANCE_RUN_DIR": str(self.run_dir),
             "APPLIANCE_MANIFESTS": str(self.manifests),
+            "APPLIANCE_STORE": str(self.store),
             "APPLIANCE_PROFILE": self.profile_name,
             "APPLIANCE_VLLM_PYTHON": self.vllm_python,
             "APPLIANCE_GATEWAY_HOST": "127.0.0.1",
