@@ -7,7 +7,7 @@ import sys
 import typer
 
 from appliance import constants
-from appliance.cli import mirror, runtime, store, testing
+from appliance.cli import image, mirror, runtime, store, testing
 from appliance.errors import ApplianceError
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ store.register(app)
 runtime.register(app)
 app.add_typer(mirror.app, name="mirror")
 app.add_typer(testing.app, name="testing")
+app.add_typer(image.app, name="image")
+app.add_typer(image.bundle_app, name="bundle")
 
 
 def main() -> None:
