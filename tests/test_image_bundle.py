@@ -156,3 +156,7 @@ def test_layer_roles_need_the_dockerfile_shape() -> None:
     assert [la.role for la in layers] == ["base", "setup", "setup", "model", "deps", "code"]
     assert layers[3].model == "m"
     assert {la.role for la in layers_of(diff_ids, history, ["m", "n", "o"])} == {"other"}
+    # No history (`docker image inspect`): the shape alone decides.
+    assert [la.role for la in layers_of(diff_ids, [], ["m"])][2:4] == ["setup", "model"]
+    # A history that disagrees with the shape: roles unknown.
+    assert {la.role for la in layers_of(diff_ids, history, ["m", "n"])} == {"other"}

@@ -137,22 +137,25 @@ class Layer:
         return data
 
 
+def labels_of(config: dict[str, Any]) -> dict[str, str]:
+    return (config.get("config") or config.get("Config") or {}).get("Labels") or {}
+
+
 def models_of(config: dict[str, Any]) -> list[str]:
     """The model names Dockerfile.offline put in its label, in layer order."""
-    labels = (config.get("config") or config.get("Config") or {}).get("Labels") or {}
-    value = labels.get(MODELS_LABEL, "")
-    return [m for m in value.split(",") if m]
+    return [m for m in labels_of(config).get(MODELS_LABEL, "").split(",") if m]
 
 
 def layers_of(diff_ids: list[str], history: list[dict[str, Any]], models: list[str]) -> list[Layer]:
-    """Pair each layer with the history entry that made it and name its role in Dockerfile.offline:
-    base layers, then tini and the user (setup), one per model in label order, deps, code."""
+    """Name each layer's role in Dockerfile.offline, whose last layers are always: tini, the user
+    (setup), one per model in label order, deps, code; all before them come from the base. When
+    the history is there (buildah, a saved archive) it must agree: the first setup layer is tini's."""
     made = [h.get("created_by", "") for h in history if not h.get("empty_layer")]
-    if len(made) != len(diff_ids):  # history omitted or squashed
+    if len(made) != len(diff_ids):  # `docker image inspect` has no history; squashed images
         made = [""] * len(diff_ids)
-    first_ours = next((i for i, c in enumerate(made) if str(TINI) in c), None)
+    first_ours = len(diff_ids) - 4 - len(models)
     roles: list[tuple[str, str | None]] = [("other", None)] * len(diff_ids)
-    if first_ours is not None and len(diff_ids) == first_ours + 2 + len(models) + 2:
+    if models and first_ours >= 0 and (not any(made) or str(TINI) in made[first_ours]):
         roles = (
             [("base", None)] * first_ours
             + [("setup", None)] * 2

@@ -23,7 +23,8 @@ from typing import Any
 from appliance import __version__
 from appliance.errors import BundleError, ImageError, LockError
 from appliance.image import dockerfile
-from appliance.image.archive import ArchiveScan, Layer, layers_of, model_layers, models_of, scan_archive
+from appliance.image.archive import ArchiveScan, Layer, labels_of, layers_of, model_layers, models_of, scan_archive
+from appliance.image.layout import BASE_LABEL
 from appliance.image.tools import run
 from appliance.manifest import Catalog
 from appliance.probes import probe_values
@@ -90,7 +91,7 @@ def bundle_data(scan: ArchiveScan, ref: str, catalog: Catalog, profile_name: str
         "image": ref,
         "image_id": "sha256:" + config_name.removesuffix(".json").rsplit("/", 1)[-1],
         "profile": profile.name,
-        "base_image": profile.base_image,
+        "base_image": labels_of(scan.config or {}).get(BASE_LABEL, profile.base_image),
         "archive": {"file": scan.path.name, "format": "docker-archive", "size": scan.size, "sha256": scan.sha256},
         "disk": {
             "archive_bytes": scan.size,

@@ -24,6 +24,7 @@ import json
 from appliance import __version__, constants
 from appliance.image.bases import APPLIANCE_GID, APPLIANCE_UID, BaseImage, base_image
 from appliance.image.layout import (
+    BASE_LABEL,
     CACHE_DIR,
     MANIFESTS,
     MODELS_LABEL,
@@ -109,6 +110,7 @@ def render(catalog: Catalog, profile: Profile, base: BaseImage | None = None) ->
         "org.opencontainers.image.title": "ocr-appliance",
         "org.opencontainers.image.version": __version__,
         "appliance.profile": profile.name,
+        BASE_LABEL: base.ref,
         MODELS_LABEL: ",".join(models),
     }
     label_block = "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())
