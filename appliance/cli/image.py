@@ -82,6 +82,26 @@ def render(
 
 
 @app.command()
+def deploy(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")] = Path("deploy"),
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Write the Kubernetes Deployment + Service (kubernetes.yaml) and compose.yaml for a profile, with
+    startup / liveness / readiness probes derived from the profile's measured cold starts.
+
+    Example:
+
+      appliance image deploy --profile gpu-24gb -o deploy/gpu-24gb
+    """
+    from appliance.image.deploy import write
+
+    catalog = Catalog(manifests)
+    for path in write(catalog, catalog.profile(profile), out_dir):
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def base(
     rootfs_tar: Annotated[
         Path | None,
