@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import store
+from bench import gateway_bench, runtime_bench, store
 
-BENCHES = {"verify": store.bench_verify, "fetch": store.bench_fetch}
+BENCHES = {
+    "verify": store.bench_verify,
+    "fetch": store.bench_fetch,
+    "runtime": runtime_bench.run,
+    "gateway": gateway_bench.run,
+}
 
 
 def main() -> None:
@@ -19,9 +25,10 @@ def main() -> None:
     parser.add_argument("names", nargs="*", choices=[*BENCHES, []], help="benchmarks to run (default: all)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
     for name in args.names or BENCHES:
         print(f"\n== {name} ==", flush=True)
-        BENCHES[name](args.workdir)
+        BENCHES[name](root / name)
 
 
 if __name__ == "__main__":

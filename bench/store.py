@@ -38,6 +38,8 @@ def _random_file(path: Path, size: int) -> None:
 
 
 def _scratch(workdir: Path | None) -> Path:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="bench-", dir=workdir))
 
 
