@@ -150,7 +150,14 @@ class ProfileModel(_Strict):
     essential: bool = True
     max_model_len: int = Field(default=8192, gt=0)
     max_num_seqs: int = Field(default=8, gt=0)
+    # Output cap per page the gateway asks for; default min(4096, max_model_len // 2) leaves the
+    # other half of the context for the page's image tokens and the prompt.
+    max_new_tokens: int | None = Field(default=None, gt=0)
     port: int | None = Field(default=None, gt=0, lt=65536)
+
+    @property
+    def output_tokens(self) -> int:
+        return self.max_new_tokens or min(4096, self.max_model_len // 2)
 
 
 class Target(_Strict):

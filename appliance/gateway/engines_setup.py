@@ -50,7 +50,10 @@ def build_engines(catalog: Catalog, served: list[Served], models_root: Path) -> 
         if model.engine in engines:
             continue  # the first model of a kind serves /v1/ocr; the others stay reachable by name
         settings = EngineSettings(
-            base_url=model.base_url, served_name=model.served_name, max_concurrency=model.entry.max_num_seqs
+            base_url=model.base_url,
+            served_name=model.served_name,
+            max_concurrency=model.entry.max_num_seqs,
+            max_new_tokens=model.entry.output_tokens,
         )
         engines[model.engine] = build_engine(model.engine, settings, **engine_options(catalog, model, models_root))
     return engines

@@ -1,0 +1,159 @@
+"""The air-gap proof: boot a built image's filesystem with no network at all, wait until it is
+ready, read one page with every engine through the gateway, and count every non-loopback connection
+attempt any process made (there must be none).
+
+How: `buildah from` the image, then run its entrypoint (`tini -- appliance boot`) with
+`buildah run --isolation chroot` inside a fresh network namespace that holds only loopback
+(`unshare --net`), the whole process tree under `strace -f` recording every connect/sendto/sendmsg
+(`appliance.testing.airgap`). Requests enter that namespace with `nsenter`; the image's own ENV
+(offline switches, profile) applies, as under `docker run`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.manifest import Catalog, Profile
+from appliance.runtime.served import served_models
+from appliance.testing.airgap import Attempt, non_loopback, parse, strace_prefix
+
+CLIENT = r"""
+import json, sys, urllib.request
+url, key, body = sys.argv[1], sys.argv[2], sys.stdin.read()
+request = urllib.request.Request(url, data=body.encode() or None, method="POST" if body else "GET")
+request.add_header("Authorization", "Bearer " + key)
+request.add_header("Content-Type", "application/json")
+try:
+    with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as answer:
+        print(json.dumps({"status": answer.status, "body": json.loads(answer.read() or b"null")}))
+except urllib.error.HTTPError as error:
+    print(json.dumps({"status": error.code, "body": error.read().decode(errors="replace")[:500]}))
+except Exception as error:
+    print(json.dumps({"status": None, "body": f"{type(error).__name__}: {error}"}))
+"""
+
+
+class ProofError(ApplianceError):
+    pass
+
+
+@dataclass
+class ProofResult:
+    image: str
+    seconds_to_ready: float
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine -> summary
+    inet_syscalls: int = 0
+    attempts: list[Attempt] = field(default_factory=list)  # non-loopback ones
+
+    @property
+    def ok(self) -> bool:
+        return not self.attempts and all(a["status"] == 200 for a in self.answers.values())
+
+
+def _page_png() -> bytes:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (320, 120), "white")
+    ImageDraw.Draw(img).text((10, 40), "Air-gapped OCR appliance", fill="black")
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class ImageBoot:
+    """One offline boot of an image; a context manager that always cleans up."""
+
+    def __init__(self, image: str, work: Path, profile: Profile) -> None:
+        self.image, self.work, self.profile = image, work, profile
+        self.key = secrets.token_urlsafe(16)
+        self.trace = work / "strace.log"
+        self.log = work / "boot.log"
+        self.container: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ImageBoot:
+        self.work.mkdir(parents=True, exist_ok=True)
+        made = subprocess.run(["buildah", "from", "--pull-never", self.image], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise ProofError(f"buildah from {self.image} failed: {made.stderr.strip()}")
+        self.container = made.stdout.strip().splitlines()[-1]
+        run = ["buildah", "run", "--isolation", "chroot", "--env", f"APPLIANCE_API_KEYS={self.key}",
+               self.container, "--", "/usr/local/bin/tini", "--", "appliance", "boot"]  # fmt: skip
+        command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                   *strace_prefix(self.trace), *run]  # fmt: skip
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        if self.container:
+            subprocess.run(["buildah", "rm", self.container], capture_output=True)
+
+    def request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> dict[str, Any]:
+        """HTTP to the gateway from inside the namespace (a child entering it with nsenter)."""
+        assert self.proc is not None
+        url = f"http://127.0.0.1:{self.profile.gateway_port}{path}"
+        command = ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "--", sys.executable, "-c", CLIENT,
+                   url, self.key, str(timeout)]  # fmt: skip
+        done = subprocess.run(command, input=json.dumps(body) if body else "", capture_output=True, text=True,
+                              timeout=timeout + 30)  # fmt: skip
+        if done.returncode != 0:
+            raise ProofError(f"client in the namespace failed: {done.stderr.strip()[-500:]}")
+        return json.loads(done.stdout)
+
+    def wait_ready(self, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ProofError(f"the appliance exited {self.proc.returncode}:\n{self.log_tail()}")
+            answer = self.request("/readyz", timeout=5)
+            if answer["status"] == 200:
+                return time.monotonic() - started
+            time.sleep(2)
+        raise ProofError(f"not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def prove(image: str, catalog: Catalog, profile: Profile, work: Path, timeout: float = 1200) -> ProofResult:
+    engines = sorted({s.engine for s in served_models(catalog, profile)})
+    page = base64.b64encode(_page_png()).decode()
+    with ImageBoot(image, work, profile) as boot:
+        result = ProofResult(image, boot.wait_ready(timeout))
+        for engine in engines:
+            answer = boot.request("/v1/ocr", {"file": page, "engine": engine, "task": "text"})
+            body = answer["body"] if isinstance(answer["body"], dict) else {}
+            result.answers[engine] = {
+                "status": answer["status"],
+                "model": body.get("model"),
+                "pages": len(body.get("pages", [])),
+                "markdown_chars": len(body.get("markdown", "")),
+                "error": None if answer["status"] == 200 else str(answer["body"])[:300],
+            }
+    text = boot.trace.read_text(errors="replace")
+    result.inet_syscalls = len(parse(text))
+    result.attempts = non_loopback(text)
+    return result
