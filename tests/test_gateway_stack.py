@@ -134,7 +134,7 @@ def test_official_openai_client(stack: Stack) -> None:
 
 def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
     import schemathesis
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, given, settings
 
     base = f"http://127.0.0.1:{stack.profile.gateway_port}"
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
@@ -143,7 +143,7 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
         operation = result.ok()
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @schemathesis.given(case=operation.as_strategy())  # type: ignore[misc]
+        @given(case=operation.as_strategy())
         def check(case) -> None:  # type: ignore[no-untyped-def]
             response = case.call(base_url=base, headers=AUTH, timeout=120)
             if response.status_code >= 500:
@@ -155,7 +155,7 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
 
 def test_killed_engine_is_503_then_recovers_without_gateway_restart(stack: Stack, gateway: httpx.Client) -> None:
     served = next(s for s in served_models(stack.catalog, stack.profile) if s.engine == "dots-ocr")
-    pid = int(next(line.split()[0] for line in _ps() if f"--port {served.port}" in line and "api_server" in line))
+    pid = next(pid for pid, args in _processes() if "api_server" in args and f"--port {served.port}" in args)
     os.killpg(os.getpgid(pid), signal.SIGKILL)
     data, _, _ = _encode("png")
     deadline = time.monotonic() + 60
@@ -170,7 +170,13 @@ def test_killed_engine_is_503_then_recovers_without_gateway_restart(stack: Stack
     assert again.status_code == 200, again.text
 
 
-def _ps() -> list[str]:
-    import subprocess
-
-    return subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+def _processes() -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    found.append((int(entry), handle.read().replace(b"\0", b" ").decode(errors="replace")))
+            except OSError:
+                continue
+    return found
