@@ -71,7 +71,7 @@ unmount_all() {
 cleanup() {
     unmount_all
     if [[ ${KEEP_ROOTFS:-0} != 1 ]]; then
-        rm -rf "$rootfs"
+        rm -rf --one-file-system "$rootfs"
     fi
 }
 trap cleanup EXIT
@@ -80,7 +80,7 @@ stamp() { echo ">> [$(date +%T)] $*"; }
 started=$SECONDS
 
 unmount_all
-rm -rf "$rootfs"
+rm -rf --one-file-system "$rootfs"
 stamp "debootstrap $suite from $mirror"
 t=$SECONDS
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$suite" "$rootfs" "$mirror" \
@@ -102,6 +102,7 @@ pip_setting() {
             if (k[n] == key && v == "") { v = $0; sub(/^[^=]*=/, "", v); gsub(/^'"'"'|'"'"'$/, "", v) } }
             END { print v }'
 }
+mount_points=() # directories made only to mount host dirs on: removed afterwards
 pip_env=(PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1)
 for key in index-url extra-index-url find-links default-timeout; do
     value=$(pip_setting "$key")
@@ -113,6 +114,7 @@ for key in index-url extra-index-url find-links default-timeout; do
         # A file:// index (…/simple) links to its files beside it (…/files): mount the parent.
         [[ $key == *index-url && $(basename "$dir") == simple ]] && dir=$(dirname "$dir")
         if [[ $dir == /* && -d $dir ]] && ! mountpoint -q "$rootfs$dir"; then
+            [[ -e $rootfs$dir ]] || mount_points+=("$dir")
             mkdir -p "$rootfs$dir"
             mount --bind -o ro "$dir" "$rootfs$dir"
             mount -o remount,bind,ro "$rootfs$dir"
@@ -139,10 +141,10 @@ unmount_all
 
 # --- drop what differs from run to run -----------------------------------------------------------
 stamp "normalising"
-rm -rf "$rootfs/tmp/appliance-build" "$rootfs/tmp/host-ca.crt" "$rootfs/root/.cache" "$rootfs/opt/wheels" \
-    "$rootfs/opt/pypi" "$rootfs/opt/pypi-more"
-find "$rootfs/opt" -depth -type d -empty -delete 2>/dev/null || true
-mkdir -p "$rootfs/opt"
+rm -rf --one-file-system "$rootfs/tmp/appliance-build" "$rootfs/tmp/host-ca.crt" "$rootfs/root/.cache"
+for dir in "${mount_points[@]}"; do
+    rmdir "$rootfs$dir" 2>/dev/null || true
+done
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/cache/debconf/*-old \
     "$rootfs"/var/lib/dpkg/*-old "$rootfs"/var/cache/ldconfig/aux-cache \
     "$rootfs"/etc/passwd- "$rootfs"/etc/group- "$rootfs"/etc/shadow- "$rootfs"/etc/gshadow-
@@ -158,8 +160,11 @@ sed -i -E 's/^([^:]*:[^:]*:)[0-9]*:/\1:/' "$rootfs/etc/shadow"
 find "$rootfs" -xdev -name __pycache__ -type d -prune -exec rm -rf {} +
 stamp "compiling hash-based .pyc"
 t=$SECONDS
-chroot "$rootfs" /usr/bin/env -i PATH=/usr/bin:/bin /opt/vllm/bin/python -m compileall -q -j 0 \
-    --invalidation-mode unchecked-hash /usr/lib/python3 /usr/lib/python3.11 /opt/vllm/lib >/dev/null || true
+# -S and PYTHONDONTWRITEBYTECODE: the venv's distutils-precedence.pth would import _distutils_hack at
+# start-up and write a timestamp pyc that compileall (without -f) then keeps.
+chroot "$rootfs" /usr/bin/env -i PATH=/usr/bin:/bin PYTHONDONTWRITEBYTECODE=1 /opt/vllm/bin/python -S \
+    -m compileall -f -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3 /usr/lib/python3.11 \
+    /opt/vllm/lib >/dev/null || true
 stamp "compiled in $((SECONDS - t)) s"
 
 stamp "writing $out"

@@ -28,13 +28,18 @@ from appliance.image.tools import image_exists, pick_builder, run
 from appliance.manifest import Catalog
 
 
-def buildah_bud(context_dir: Path, dockerfile_path: Path, ref: str, *, no_cache: bool = False) -> list[str]:
+def buildah_bud(
+    context_dir: Path, dockerfile_path: Path, ref: str, *, no_cache: bool = False, fmt: str = "docker"
+) -> list[str]:
+    """`fmt` docker: OCI configs have no HEALTHCHECK. But buildah's docker-format config records the
+    id of the build container, so only the layers (not the image id) are reproducible; a base
+    needs no HEALTHCHECK and is imported as OCI (same tar, same image id)."""
     cmd = [
         "buildah", "bud",
         "--isolation", "chroot",
         "--layers",
         "--timestamp", "0",
-        "--format", "docker",  # OCI has no HEALTHCHECK
+        "--format", fmt,
         "--pull=never",  # no registry: the base must be local
         "-f", str(dockerfile_path),
         "-t", ref,
@@ -176,7 +181,9 @@ CMD ["/bin/bash"]
 """
 
 
-def import_base(rootfs_tar: Path, ref: str = CI_BASE_IMAGE, *, quiet: bool = False) -> tuple[str, list[Layer]]:
+def import_base(
+    rootfs_tar: Path, ref: str = CI_BASE_IMAGE, *, no_cache: bool = False, quiet: bool = False
+) -> tuple[str, list[Layer]]:
     """Import a root filesystem tar as an image, reproducibly (`podman import` is not: it records the
     import time). The tar's directory is the build context; only the tar is read from it."""
     if not rootfs_tar.is_file():
@@ -184,7 +191,8 @@ def import_base(rootfs_tar: Path, ref: str = CI_BASE_IMAGE, *, quiet: bool = Fal
     with tempfile.TemporaryDirectory(prefix="appliance-base-") as tmp:
         path = Path(tmp) / "Dockerfile"
         path.write_text(BASE_DOCKERFILE.format(tar=rootfs_tar.name))
-        run(buildah_bud(rootfs_tar.parent, path, ref), f"importing {rootfs_tar} as {ref}", quiet=quiet)
+        cmd = buildah_bud(rootfs_tar.parent, path, ref, no_cache=no_cache, fmt="oci")
+        run(cmd, f"importing {rootfs_tar} as {ref}", quiet=quiet)
     return inspect_layers(ref)
 
 
