@@ -7,7 +7,7 @@ APPLIANCE := $(VENV)/bin/appliance
 export APPLIANCE_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup offline-image store verify ci-base image save test test-fast lint bench clean
+.PHONY: help setup offline-image store verify ci-base image save proof test test-fast lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -48,7 +48,16 @@ save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar + SHA256SUMS + bu
 	$(APPLIANCE) image save --profile $(PROFILE) --dist dist
 	$(APPLIANCE) bundle verify dist
 
-offline-image: setup store verify image save ## the main job: models → verified store → image → dist/ bundle (→ boot → answer, later)
+proof: $(VENV)/.installed ## boot PROFILE's image with no network, read a page with every engine, count non-loopback connects (0)
+	$(APPLIANCE) image proof --profile $(PROFILE)
+
+# The main job. The air-gap proof boots the image here, so it runs for the CPU profile; a GPU
+# profile's proof (`make proof PROFILE=…`) belongs on a host with its GPU.
+ifeq ($(PROFILE),tiny-cpu)
+offline-image: setup store verify image save proof ## the main job: models → verified store → image → dist/ bundle → offline boot → OCR answers
+else
+offline-image: setup store verify image save
+endif
 
 test: setup lint ## every test, integration tests with real parts included
 	$(VENV)/bin/python -m pytest

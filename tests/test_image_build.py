@@ -140,9 +140,29 @@ def _load_and_run(archive: Path, ref: str, host: Path) -> None:
         assert lines[0] == "10001"
         assert sum(" ok (" in line for line in lines) == 3
         assert lines[-2].startswith("0.") and lines[-1] == "read-only"
+        _air_gap_proof(ref, env, host / "proof")
     finally:
         subprocess.run(["podman", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
         shutil.rmtree(host, ignore_errors=True)
+
+
+def _air_gap_proof(ref: str, env: dict[str, str], work: Path) -> None:
+    """The headline test: the loaded image boots with no network (only loopback), every engine
+    answers an OCR request through the gateway, and no process made a non-loopback connection
+    attempt (strace -f of every connect/sendto/sendmsg of the whole tree)."""
+    from appliance.image.proof import prove
+
+    catalog = Catalog(REPO / "manifests")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONTAINERS_STORAGE_CONF", env["CONTAINERS_STORAGE_CONF"])
+        result = prove(ref, catalog, catalog.profile("tiny-cpu"), work, timeout=900)
+    print(f"\nair-gap proof: ready in {result.seconds_to_ready:.0f} s, {result.inet_syscalls} inet syscalls traced, "
+          f"{len(result.attempts)} non-loopback; answers {result.answers}", file=sys.stderr)  # fmt: skip
+    assert set(result.answers) == {"paddleocr-vl", "dots-ocr", "qwen3-vl"}
+    for engine, answer in result.answers.items():
+        assert answer["status"] == 200 and answer["pages"] == 1, (engine, answer)
+    assert result.inet_syscalls > 0  # the witness saw the loopback traffic it must see
+    assert result.attempts == [], "\n".join(a.line for a in result.attempts)
 
 
 # --- layer digests: reproducible, and one model → one layer -----------------------------------------

@@ -82,6 +82,46 @@ def render(
 
 
 @app.command()
+def proof(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    image: Annotated[str | None, typer.Option(help="Image reference (default: the profile's).")] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the boot log and syscall trace are kept.")] = Path("work/proof"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 1200,
+    manifests: ManifestsOpt = None,
+) -> None:
+    """The air-gap proof: boot the image with no network at all (a namespace holding only loopback),
+    wait for /readyz, read one page with every engine through the gateway, and count every
+    non-loopback connection attempt of every process (strace -f of connect/sendto/sendmsg). Exits 1
+    unless every engine answered and the count is zero.
+
+    Example:
+
+      appliance image proof --profile tiny-cpu
+    """
+    from appliance.image.dockerfile import image_ref
+    from appliance.image.proof import prove
+
+    catalog = Catalog(manifests)
+    prof = catalog.profile(profile)
+    result = prove(image or image_ref(profile), catalog, prof, workdir, timeout)
+    table = Table("engine", "status", "model", "pages", "markdown chars", title=f"{result.image}: offline boot")
+    for engine, answer in result.answers.items():
+        table.add_row(engine, str(answer["status"]), str(answer["model"]), str(answer["pages"]),
+                      str(answer["markdown_chars"]))  # fmt: skip
+    out.print(table)
+    out.print(f"ready after {result.seconds_to_ready:.0f} s with no network")
+    out.print(f"inet syscalls traced: {result.inet_syscalls}; non-loopback attempts: {len(result.attempts)}")
+    for attempt in result.attempts[:20]:
+        out.print(f"  [red]{attempt.line}[/]")
+    if not result.ok:
+        failed = [e for e, a in result.answers.items() if a["status"] != 200]
+        raise ApplianceError(
+            f"air-gap proof failed: {len(result.attempts)} non-loopback connection attempt(s), engines without "
+            f"an answer: {', '.join(failed) or 'none'} (trace {workdir / 'strace.log'}, log {workdir / 'boot.log'})"
+        )
+
+
+@app.command()
 def deploy(
     profile: ProfileOpt = constants.DEFAULT_PROFILE,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")] = Path("deploy"),
