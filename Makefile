@@ -42,7 +42,7 @@ ifeq ($(PROFILE),tiny-cpu)
 image: ci-base
 endif
 image: $(VENV)/.installed ## build PROFILE's image from ./store (one layer per model; buildah, or docker if a daemon answers)
-	$(APPLIANCE) image build --profile $(PROFILE)
+	$(APPLIANCE) image build --profile $(PROFILE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
 save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar + SHA256SUMS + bundle.json) and verify the bundle
 	$(APPLIANCE) image save --profile $(PROFILE) --dist dist
