@@ -89,9 +89,7 @@ def test_deep_staging_rehashes(small: Catalog, tmp_path: Path) -> None:
 def test_code_carries_only_this_profile(small: Catalog, tmp_path: Path) -> None:
     wheel = tmp_path / "ocr_appliance-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"PK")
-    code, placeholder = stage_code(small, small.profile("small"), tmp_path / "code", wheel, "[supervisord]\n")
+    code = stage_code(small, small.profile("small"), tmp_path / "code", wheel, "[supervisord]\n")
     files = sorted(str(p.relative_to(code)) for p in code.rglob("*") if p.is_file())
     assert files == ["manifests/profiles/small.yaml", "ocr_appliance-0.1.0-py3-none-any.whl", "supervisord.conf"]
-    assert not placeholder and (code / "supervisord.conf").read_text() == "[supervisord]\n"
-    _, placeholder = stage_code(small, small.profile("small"), tmp_path / "code2", wheel, None)
-    assert placeholder
+    assert (code / "supervisord.conf").read_text() == "[supervisord]\n"

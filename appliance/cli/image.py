@@ -242,8 +242,6 @@ def build(
     for staged in result.staged:
         out.print(f"  {staged.name}: {staged.linked} files linked, {staged.copied} copied from the store")
     out.print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
-    if result.placeholder_supervisord:
-        console.print("[yellow]warning:[/] no supervisord.conf renderer yet: a placeholder was shipped")
 
 
 @app.command()

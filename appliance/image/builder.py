@@ -85,7 +85,6 @@ class BuildResult:
     layers: list[Layer]
     staged: list[context.StagedModel]
     timings: dict[str, float] = field(default_factory=dict)
-    placeholder_supervisord: bool = False
 
     @property
     def models(self) -> dict[str, Layer]:
@@ -144,7 +143,7 @@ def build(
             conf = (
                 supervisord_conf.read_text() if supervisord_conf else context.render_supervisord_conf(catalog, profile)
             )
-            _, placeholder = context.stage_code(catalog, profile, ctx / "code", wheel, conf)
+            context.stage_code(catalog, profile, ctx / "code", wheel, conf)
         if tini is not None:
             shutil.copyfile(tini, ctx / "tini-static")
             os.chmod(ctx / "tini-static", context.EXEC_MODE)
@@ -167,7 +166,7 @@ def build(
     missing = [s.name for s in staged if s.name not in model_layers(layers)]
     if missing:
         raise ImageError(f"{ref}: no layer found for model(s) {', '.join(missing)}")
-    return BuildResult(ref, image_id, builder, base, layers, staged, timings, placeholder)
+    return BuildResult(ref, image_id, builder, base, layers, staged, timings)
 
 
 # --- the CI base: FROM scratch + ADD rootfs.tar ---------------------------------------------------

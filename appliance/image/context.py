@@ -18,7 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import constants
 from appliance.errors import ImageError, LockError, VerifyError
 from appliance.image.bases import BaseImage
 from appliance.image.layout import MANIFESTS as IMAGE_MANIFESTS
@@ -224,22 +223,15 @@ def fetch_tini(dest: Path, *, quiet: bool = True) -> Path:
     return dest
 
 
-def render_supervisord_conf(catalog: Catalog, profile: Profile) -> str | None:
-    """The run time's supervisord.conf for `profile`, or None while no renderer exists.
+def render_supervisord_conf(catalog: Catalog, profile: Profile) -> str:
+    """The run time's supervisord.conf for `profile`, models under /models (baked into the code layer)."""
+    from appliance.runtime.supervisor import render_supervisord_conf as render
 
-    Seam for the run-time branch (`appliance render`): wire its renderer here.
-    """
-    committed = constants.project_root() / "supervisord.conf"
-    if profile.name == constants.DEFAULT_PROFILE and committed.is_file():
-        return committed.read_text()
-    return None
+    return render(catalog, profile)
 
 
-def stage_code(
-    catalog: Catalog, profile: Profile, dest: Path, wheel: Path, supervisord_conf: str | None
-) -> tuple[Path, bool]:
-    """code/: the appliance wheel, manifests/profiles/<profile>.yaml and supervisord.conf.
-    Returns the dir and whether supervisord.conf is a placeholder."""
+def stage_code(catalog: Catalog, profile: Profile, dest: Path, wheel: Path, supervisord_conf: str) -> Path:
+    """code/: the appliance wheel, manifests/profiles/<profile>.yaml and supervisord.conf."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(wheel, dest / wheel.name)
     _normalise(dest / wheel.name, FILE_MODE)
@@ -248,10 +240,7 @@ def stage_code(
     profiles.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(catalog.profiles_dir / f"{profile.name}.yaml", profiles / f"{profile.name}.yaml")
     _normalise(profiles / f"{profile.name}.yaml", FILE_MODE)
-    placeholder = supervisord_conf is None
-    if placeholder:
-        supervisord_conf = f"; placeholder: no supervisord.conf renderer for profile {profile.name} yet\n"
-    (dest / "supervisord.conf").write_text(supervisord_conf or "")
+    (dest / "supervisord.conf").write_text(supervisord_conf)
     _normalise(dest / "supervisord.conf", FILE_MODE)
     _normalise_dirs(dest)
-    return dest, placeholder
+    return dest

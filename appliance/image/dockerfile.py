@@ -54,6 +54,7 @@ def image_env(profile: Profile, vllm_python: str = "${VLLM_PYTHON}") -> dict[str
         "APPLIANCE_MANIFESTS": str(MANIFESTS),
         "APPLIANCE_STORE": str(MODELS_ROOT),
         "APPLIANCE_RUN_DIR": str(RUN_DIR),
+        "APPLIANCE_SUPERVISORD_CONF": str(SUPERVISORD_CONF),  # the conf baked below, not one rendered at boot
         "APPLIANCE_VLLM_PYTHON": vllm_python,
         "HF_HOME": str(CACHE_DIR / "hf"),
         "VLLM_CACHE_ROOT": str(CACHE_DIR / "vllm"),
