@@ -1,0 +1,81 @@
+"""Image bytes: what the saved tarball ships vs the raw bytes inside it, and what a one-model update
+re-ships vs that model's bytes. Targets: <= 1.01x; <= the model's bytes + 1 MB.
+
+Real buildah builds on the CI base (built once if missing) of a profile with three 20 MB models
+(dir: sources, locked and fetched like any model), saved with `podman save --format docker-archive`;
+then one model's content changes and the image is built and saved again. All in a private
+containers storage, removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from appliance.image import bundle
+from appliance.image.bases import CI_BASE_IMAGE
+from appliance.image.builder import build, make_ci_base
+from appliance.testing.stack import CHECKOUT
+from tests.conftest import ManifestDir
+from tests.image_support import refetch, small_models, storage_conf
+
+MODEL_BYTES = 20_000_000
+
+
+def _model(seed: int) -> dict[str, bytes]:
+    return {"config.json": b'{"seed": %d}' % seed, "model.safetensors": os.urandom(MODEL_BYTES)}
+
+
+def _layers(archive: Path) -> dict[str, tuple[int, int]]:
+    """diff id → (layer tar bytes, raw file bytes in it), from a docker-archive."""
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = json.load(outer.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+        result = {}
+        for name, diff_id in zip(manifest[0]["Layers"], config["rootfs"]["diff_ids"], strict=True):
+            member = outer.getmember(name)
+            with tarfile.open(fileobj=outer.extractfile(member)) as layer:
+                raw = sum(m.size for m in layer if m.isfile())
+            result[diff_id] = (member.size, raw)
+        return result
+
+
+def run(work: Path | None = None) -> None:
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-image-", dir=work))
+    # A storage given by CONTAINERS_STORAGE_CONF (with its CI base) is reused; else a private one.
+    previous = os.environ.get("CONTAINERS_STORAGE_CONF")
+    storage = root / "containers"
+    if previous is None:
+        os.environ["CONTAINERS_STORAGE_CONF"] = str(storage_conf(storage))
+    try:
+        make_ci_base(CI_BASE_IMAGE, workdir=root / "ci-base", if_missing=True, quiet=True)
+        manifests = ManifestDir(root / "manifests")
+        catalog = small_models(manifests, root, {"alpha": _model(1), "beta": _model(2), "gamma": _model(3)})
+        build(catalog, "small", root / "store", workdir=root / "ctx-a", quiet=True)
+        first = _layers(bundle.save(catalog, "small", root / "dist-a").archive)
+        refetch(catalog, root, "beta", _model(4))
+        build(catalog, "small", root / "store", workdir=root / "ctx-b", quiet=True)
+        second = _layers(bundle.save(catalog, "small", root / "dist-b").archive)
+    finally:
+        subprocess.run(["podman", "rmi", "--force", "--ignore", "localhost/ocr-appliance:small"], capture_output=True)
+        if previous is None:
+            subprocess.run(["bash", str(CHECKOUT / "build" / "drop-storage.sh"), str(storage)], capture_output=True)
+            os.environ.pop("CONTAINERS_STORAGE_CONF", None)
+        shutil.rmtree(root, ignore_errors=True)
+    shipped = sum(size for size, _ in first.values())
+    raw = sum(raw for _, raw in first.values())
+    print(f"image of 3 x {MODEL_BYTES / 1e6:.0f} MB models on the CI base ({len(first)} layers)")
+    print(f"  layer bytes {shipped / 1e9:.3f} GB vs raw file bytes {raw / 1e9:.3f} GB")
+    print(f"  ratio {shipped / raw:.4f}x   (target <= 1.01x)")
+    new = {d: v for d, v in second.items() if d not in first}
+    reshipped = sum(size for size, _ in new.values())
+    print(f"one model updated: {len(new)} new layer(s), {reshipped / 1e6:.2f} MB re-shipped")
+    print(f"  vs the model's {MODEL_BYTES / 1e6:.2f} MB + 1 MB   (target: re-shipped <= model + 1 MB)")
+    print(f"  overhead {(reshipped - MODEL_BYTES) / 1e3:.1f} KB")
