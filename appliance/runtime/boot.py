@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from appliance import constants
@@ -136,7 +137,11 @@ def boot(profile: str | None = None, conf: Path | None = None, run_dir: Path | N
     conf, env = prepare(profile, conf, run_dir)
     log(f"profile {profile}, run dir {run_dir}, conf {conf}")
     log(f"control: supervisorctl -c {run_dir / CTL_CONF} status")
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], env=env)
+    relay = _stdio_relay()
+    streams = {"stdout": relay.write_end, "stderr": relay.write_end} if relay else {}
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], env=env, **streams)
+    if relay:
+        relay.start()
 
     def forward(signum: int, _frame: object) -> None:
         if proc.poll() is None:
@@ -148,9 +153,43 @@ def boot(profile: str | None = None, conf: Path | None = None, run_dir: Path | N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if relay:
+        relay.join(timeout=5)  # an orphan still holding the pipe must not hold up the exit
     fatal = read_fatal(run_dir)
     if fatal is not None:
         raise EssentialFatalError(f"appliance stopped: {fatal.get('reason', fatal)}")
     if code < 0:
         return 128 - code
     return code
+
+
+class _Relay(threading.Thread):
+    """Copies a pipe this user owns to our stdout."""
+
+    def __init__(self) -> None:
+        super().__init__(name="stdio-relay", daemon=True)
+        self.read_end, self.write_end = os.pipe()
+
+    def start(self) -> None:
+        os.close(self.write_end)  # the child holds it; EOF once supervisord and its programs exit
+        super().start()
+
+    def run(self) -> None:
+        out = sys.stdout.fileno()
+        while chunk := os.read(self.read_end, 65536):
+            os.write(out, chunk)
+        os.close(self.read_end)
+
+
+def _stdio_relay() -> _Relay | None:
+    """supervisord logs programs to /dev/fd/1 and /dev/fd/2, which *re-opens* our stdout by path. That
+    works for the pipes docker/runc hand over (chowned to the container's user), but not for stdio
+    owned by another user — a root-owned log file or pipe under `buildah run`, a service manager:
+    EACCES, and every program FATAL. Then relay through a pipe of our own."""
+    for fd in (1, 2):
+        try:
+            os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND))
+        except OSError:
+            log(f"stdio fd {fd} cannot be re-opened by this user: relaying program logs through a pipe")
+            return _Relay()
+    return None
