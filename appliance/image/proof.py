@@ -134,8 +134,11 @@ class ImageBoot:
             time.sleep(2)
         raise ProofError(f"not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def log_tail(self, lines: int = 40) -> str:
+        """The first error lines (the root cause is usually far above the end), then the tail."""
+        text = self.log.read_text(errors="replace").splitlines()
+        errors = [line for line in text if "Error" in line and "File " not in line][:25]
+        return "\n".join(["-- first errors --", *errors, "-- last lines --", *text[-lines:]])
 
 
 def prove(image: str, catalog: Catalog, profile: Profile, work: Path, timeout: float = 1200) -> ProofResult:
