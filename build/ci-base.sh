@@ -84,8 +84,9 @@ rm -rf --one-file-system "$rootfs"
 stamp "debootstrap $suite from $mirror"
 t=$SECONDS
 # Shared libraries the wheels expect from the system: libnuma1 (vLLM's CPU kernels, vllm._C),
-# libgomp1 (paddle), libgl1 + libglib2.0-0 + libsm6 + libxext6 (opencv, which PaddleX pulls in).
-packages=python3,python3-venv,ca-certificates,libnuma1,libgomp1,libgl1,libglib2.0-0,libsm6,libxext6
+# libgomp1 (paddle), libgl1 + libglib2.0-0 + libsm6 + libxext6 (opencv, which PaddleX pulls in), and
+# g++ + python3-dev: vLLM on CPU compiles its graphs with torch inductor at start-up.
+packages=python3,python3-venv,python3-dev,g++,ca-certificates,libnuma1,libgomp1,libgl1,libglib2.0-0,libsm6,libxext6
 debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" \
     >"$(dirname "$out")/debootstrap.log" 2>&1 || {
     tail -n 30 "$(dirname "$out")/debootstrap.log" >&2
