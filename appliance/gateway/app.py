@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -80,7 +81,7 @@ def create_app(
     app.include_router(ocr_api.router, dependencies=protected)
     app.include_router(openai_proxy.router, dependencies=protected)
     app.add_api_route("/metrics", _metrics_endpoint(metrics), dependencies=protected, include_in_schema=False)
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -90,6 +91,14 @@ def create_app(
         return openai_proxy.error(exc.status_code, str(exc), type(exc).__name__, headers)
 
     return app
+
+
+class _MetricsMiddleware:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._app = metrics.asgi_middleware(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
 
 
 def _metrics_endpoint(metrics: Metrics):  # type: ignore[no-untyped-def]
