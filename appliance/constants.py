@@ -25,6 +25,10 @@ OFFLINE_ENV: dict[str, str] = {
     "VLLM_DO_NOT_TRACK": "1",
     "DO_NOT_TRACK": "1",
     "VLLM_HOST_IP": "127.0.0.1",
+    # torch.distributed's gloo (vLLM's CPU-side process group, also on GPU) otherwise resolves the
+    # host name through DNS; NCCL's bootstrap likewise. One host: loopback is all they need.
+    "GLOO_SOCKET_IFNAME": "lo",
+    "NCCL_SOCKET_IFNAME": "lo",
     "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
 }
 

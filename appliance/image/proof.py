@@ -129,7 +129,8 @@ class ImageBoot:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProofError(f"the appliance exited {self.proc.returncode}:\n{self.log_tail()}")
             answer = self.request("/readyz", timeout=5)
-            if answer["status"] == 200:
+            body = answer["body"] if isinstance(answer["body"], dict) else {}
+            if answer["status"] == 200 and not body.get("degraded"):  # optional engines too
                 return time.monotonic() - started
             time.sleep(2)
         raise ProofError(f"not ready after {timeout:.0f} s:\n{self.log_tail()}")
