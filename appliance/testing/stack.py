@@ -244,7 +244,9 @@ class Stack:
         raise StackError(f"not ready after {timeout:.0f} s; last /readyz: {last}\n{self.log_tail()}")
 
     def wait_all_ready(self, timeout: float = 600.0) -> float:
-        """Like wait_ready, but also every optional model: /readyz 200 with nothing degraded."""
+        """Like wait_ready, but also every optional model: /readyz 200 with nothing degraded, and
+        every model's start-up phase says ready (the launcher records it a poll after the gateway
+        first sees the engine answer, so both are waited for)."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -252,7 +254,9 @@ class Stack:
                 raise StackError(f"appliance boot exited {self.proc.returncode}:\n{self.log_tail()}")
             status, last = self.gateway("/readyz")
             if status == 200 and not last.get("degraded"):
-                return time.monotonic()
+                status, last = self.gateway("/startupz")
+                if status == 200 and all(m.get("phase") == "ready" for m in last.get("models", [])):
+                    return time.monotonic()
             time.sleep(0.5)
         raise StackError(f"not all ready after {timeout:.0f} s; last /readyz: {last}\n{self.log_tail()}")
 
