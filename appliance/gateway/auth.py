@@ -43,7 +43,8 @@ class ApiKeyAuth:
     def __init__(self, keys: list[str]) -> None:
         self._keys = [k.encode() for k in keys]
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:
+        # async: FastAPI runs a sync dependency in its thread pool, a thread hop on every request.
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""

@@ -8,6 +8,7 @@ import contextlib
 import json
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,6 +18,7 @@ from appliance.runtime.served import Served
 
 router = APIRouter(tags=["OpenAI compatible"])
 RETRY_AFTER_SECONDS = 10
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -72,8 +74,9 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", summary="Chat completion, routed to the engine serving `model`")
 async def chat_completions(request: Request) -> Response:
     upstreams: Upstreams = request.app.state.upstreams
+    raw = await request.body()
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
         assert isinstance(body, dict)
     except (ValueError, AssertionError):
         return error(400, "request body must be a JSON object", "invalid_request_error")
@@ -84,50 +87,62 @@ async def chat_completions(request: Request) -> Response:
         return error(404, f"model {name!r} is not served here; known models: {known}", "model_not_found")
     # Per-request processor kwargs are trusted only from the gateway's own PaddleOCR pipeline:
     # a client could otherwise raise max_pixels past what the GPU plan allows.
-    body.pop("mm_processor_kwargs", None)
     if remote := _remote_image_urls(body):
         return error(
             400, f"only data: URLs are accepted (air-gapped appliance), got {remote[0]!r}", "invalid_request_error"
         )
-    return await forward(request, upstream, "/v1/chat/completions", body)
+    if body.pop("mm_processor_kwargs", None) is not None:
+        raw = json.dumps(body).encode()  # else the client's bytes go as they came: no re-serialising
+    return await forward(request, upstream, "/v1/chat/completions", raw, stream=bool(body.get("stream")))
 
 
-async def forward(request: Request, upstream: Served, path: str, body: dict[str, Any]) -> Response:
-    http: httpx.AsyncClient = request.app.state.http
+async def forward(request: Request, upstream: Served, path: str, body: bytes, stream: bool) -> Response:
+    """Relay one request body to the engine and its answer back (chunk by chunk when streaming)."""
+    session: aiohttp.ClientSession = request.app.state.upstream_session
     metrics = request.app.state.metrics
-    url = f"{upstream.base_url}{path}"
-    stream = bool(body.get("stream"))
     gauge = metrics.in_flight.labels(upstream.engine)
     gauge.inc()
     try:
-        upstream_request = http.build_request("POST", url, json=body)
-        response = await http.send(upstream_request, stream=True)
-    except httpx.ConnectError:
+        response = await session.post(f"{upstream.base_url}{path}", data=body, headers=JSON_HEADERS)
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError (connect, read, total) is an OSError
         gauge.dec()
+        if isinstance(exc, TimeoutError):
+            metrics.upstream_errors.labels(upstream.engine, "timeout").inc()
+            return error(504, f"engine {upstream.served_name} did not answer in time", "upstream_timeout")
         metrics.upstream_errors.labels(upstream.engine, "unreachable").inc()
         return unavailable(upstream, "its server is starting or restarting")
-    except httpx.TimeoutException:
-        gauge.dec()
-        metrics.upstream_errors.labels(upstream.engine, "timeout").inc()
-        return error(504, f"engine {upstream.served_name} did not answer in time", "upstream_timeout")
     headers = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "x-request-id")}
     if stream:
 
         async def relay():  # type: ignore[no-untyped-def]
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():
                     yield chunk
             finally:
-                await response.aclose()
+                response.release()
                 gauge.dec()
 
-        return StreamingResponse(relay(), status_code=response.status_code, headers=headers)
+        return StreamingResponse(relay(), status_code=response.status, headers=headers)
     try:
-        content = await response.aread()
+        content = await response.read()
+    except (aiohttp.ClientError, OSError):
+        metrics.upstream_errors.labels(upstream.engine, "broken").inc()
+        return unavailable(upstream, "its server closed the connection mid-answer")
     finally:
-        await response.aclose()
+        response.release()
         gauge.dec()
-    if response.status_code == 200:
-        with contextlib.suppress(ValueError):
-            metrics.count_usage(upstream.engine, json.loads(content).get("usage"))
-    return Response(content, status_code=response.status_code, headers=headers)
+    if response.status == 200:
+        metrics.count_usage(upstream.engine, _usage(content))
+    return Response(content, status_code=response.status, headers=headers)
+
+
+def _usage(content: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a completion, read from its tail (vLLM writes it last) so a long answer
+    is not parsed twice on the hot path."""
+    at = content.rfind(b'"usage"')
+    if at < 0:
+        return None
+    with contextlib.suppress(ValueError):
+        usage, _ = json.JSONDecoder().raw_decode(content[at + 7 :].lstrip(b" :").decode())
+        return usage if isinstance(usage, dict) else None
+    return None
