@@ -9,9 +9,8 @@ the other in this one process. Target: appliance <= 1.1 x bare + 2 s.
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path, PurePosixPath
@@ -22,19 +21,9 @@ from appliance.runtime.served import served_models
 from appliance.runtime.supervisor import device_env
 from appliance.runtime.vllm_args import vllm_args, vllm_command
 from appliance.testing.stack import Stack
+from appliance.testing.vllm_server import vllm_server
 
 TIMEOUT = 900.0
-
-
-def _healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
 
 
 def bare(stack: Stack, work: Path) -> float:
@@ -42,45 +31,17 @@ def bare(stack: Stack, work: Path) -> float:
     plan = plan_profile(stack.catalog, stack.profile)
     env = dict(os.environ) | constants.OFFLINE_ENV | device_env(stack.profile)
     env |= {"HF_HOME": str(work / "hf"), "VLLM_CACHE_ROOT": str(work / "vllm-cache")}
-    procs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
-    try:
+    with contextlib.ExitStack() as servers:
         for served in served_models(stack.catalog, stack.profile):
             args = vllm_args(
                 served.manifest, stack.profile, served.entry, plan.fraction(served.name), PurePosixPath(stack.store)
             )
-            log = open(work / f"{served.name}.log", "wb")  # noqa: SIM115 - the child keeps it
-            procs.append(
-                subprocess.Popen(
-                    vllm_command(stack.vllm_python, *args),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            log.close()
-            t0 = time.monotonic()
-            while not _healthy(served.port):
-                if procs[-1].poll() is not None:
-                    raise RuntimeError(f"{served.name} exited {procs[-1].returncode}; see {work / served.name}.log")
-                if time.monotonic() - t0 > TIMEOUT:
-                    raise RuntimeError(f"{served.name} not healthy after {TIMEOUT:.0f} s")
-                time.sleep(0.5)
+            command = vllm_command(stack.vllm_python, *args)
+            log = work / f"{served.name}.log"
+            servers.enter_context(vllm_server(command, served.port, log, env=env, timeout=TIMEOUT))
             print(f"  bare {served.name}: healthy at {time.monotonic() - started:.1f} s", flush=True)
         return time.monotonic() - started
-    finally:
-        for proc in procs:  # each server leads its own group (its EngineCore and workers)
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def appliance(stack: Stack) -> float:

@@ -16,10 +16,7 @@ import asyncio
 import io
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +34,8 @@ from appliance.gateway.protocol import DocumentResult, PageResult, Task
 from appliance.gateway.serving import OcrService
 from appliance.testing.stack import free_port, vllm_python
 from appliance.testing.tiny import generate, repo_name
+from appliance.testing.vllm_server import OFFLINE
+from appliance.testing.vllm_server import vllm_server as serve
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +63,6 @@ def _vllm_python() -> Path:
     return Path(vllm_python())  # fails with how to create the interpreter, never skips
 
 
-def _tail(log: Path, lines: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @contextmanager
 def vllm_server(arch: str, tmp_path: Path) -> Iterator[str]:
     model_dir = tmp_path / "models" / repo_name(arch)
@@ -75,41 +70,8 @@ def vllm_server(arch: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     cmd = [str(_vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir.resolve()),
            "--host", "127.0.0.1", "--port", str(port), *COMMON, *FLAGS[arch]]  # fmt: skip
-    env = os.environ | {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "VLLM_HOST_IP": "127.0.0.1",
-    }
-    log = tmp_path / f"vllm-{arch}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM ({arch}) exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM ({arch}) /health not 200 after 300 s:\n{_tail(log)}")
-            time.sleep(1)
-        yield base
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with serve(cmd, port, tmp_path / f"vllm-{arch}.log", env=os.environ | OFFLINE) as server:
+        yield server.base_url
 
 
 def metrics(base: str) -> dict[str, float]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import struct
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +24,8 @@ import pytest
 from appliance.testing.stack import free_port, vllm_python
 from appliance.testing.tiny import ARCHITECTURES, generate, generate_all, repo_name
 from appliance.testing.tiny._weights import bf16_bytes
+from appliance.testing.vllm_server import OFFLINE
+from appliance.testing.vllm_server import vllm_server as serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_FILES = {
@@ -231,35 +231,6 @@ def _png(width: int = 96, height: int = 64) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def _tail(log: Path, lines: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 300.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM exited with {proc.returncode} before /health answered:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"vLLM /health not 200 after {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> None:
@@ -276,19 +247,8 @@ def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> N
     ]  # fmt: skip
     if arch in REMOTE_CODE:
         cmd.append("--trust-remote-code")
-    env = os.environ | {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "VLLM_HOST_IP": "127.0.0.1",  # else vLLM's get_ip() connects a UDP socket towards 8.8.8.8
-    }
-    log = tmp_path / "vllm.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        to_health = _wait_healthy(proc, port, log)
+    with serve(cmd, port, tmp_path / "vllm.log", env=os.environ | OFFLINE) as server:
+        to_health = server.seconds_to_health
         image_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
         body = {
             "model": served,
@@ -313,7 +273,7 @@ def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> N
             with urllib.request.urlopen(request, timeout=120) as r:
                 status, answer = r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
-            pytest.fail(f"chat request failed: {e.code} {e.read()[:2000]!r}\n{_tail(log)}")
+            pytest.fail(f"chat request failed: {e.code} {e.read()[:2000]!r}\n{server.log_tail()}")
         to_answer = time.monotonic() - start
         assert status == 200
         assert isinstance(answer["choices"], list) and answer["choices"], answer
@@ -321,5 +281,3 @@ def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> N
         # Image tokens must be in the prompt, or the vision path was never exercised.
         assert answer["usage"]["prompt_tokens"] > 10, answer["usage"]
         print(f"\n{arch}: /health 200 after {to_health:.1f} s, chat answered in {to_answer:.2f} s")
-    finally:
-        _stop(proc)

@@ -20,6 +20,7 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,6 +78,16 @@ class BaseInferRequest(BaseModel):
 
 _PROMPT_LABELS = ("ocr", "formula", "table", "chart", "seal", "spotting")
 _MERGE_MODES = ("large", "small", "union")
+
+
+def _each_value(v: Any, check: Callable[..., None]) -> Any:
+    """PaddleX's per-class options: one value, or a dict of class → value, each checked."""
+    if isinstance(v, dict):
+        for key, value in v.items():
+            check(value, f" value for key '{key}'")
+    else:
+        check(v)
+    return v
 
 
 class InferRequest(OutputFormatsMixin, BaseInferRequest):
@@ -181,12 +192,7 @@ class InferRequest(OutputFormatsMixin, BaseInferRequest):
                     f"`layoutUnclipRatio`{context} must be a number or two numbers; got: {type(value).__name__}"
                 )
 
-        if isinstance(v, dict):
-            for key, value in v.items():
-                check(value, f" value for key '{key}'")
-        else:
-            check(v)
-        return v
+        return _each_value(v, check)
 
     @field_validator("layoutThreshold")
     @classmethod
@@ -200,12 +206,7 @@ class InferRequest(OutputFormatsMixin, BaseInferRequest):
             if value < 0 or value > 1:
                 raise ValueError(f"`layoutThreshold`{context} must be between 0 and 1 inclusive; got: {value}")
 
-        if isinstance(v, dict):
-            for key, value in v.items():
-                check(value, f" value for key '{key}'")
-        else:
-            check(v)
-        return v
+        return _each_value(v, check)
 
     @model_validator(mode="after")
     def validate_pixel_range(self) -> InferRequest:
