@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -59,9 +60,11 @@ def test_damaged_store_is_not_served(store: Path, tmp_path: Path) -> None:
         repos_from_store(copy, Catalog(REPO / "manifests"))
 
 
-def test_cli_serves_until_interrupted(store: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_serves_until_interrupted(store: Path, signum: int) -> None:
+    """Stops cleanly on Ctrl-C and on `kill`, also when started as a shell's background job (which
+    inherits SIGINT ignored: Python then raises no KeyboardInterrupt)."""
     import os
-    import signal
     import socket
 
     with socket.socket() as s:
@@ -71,6 +74,7 @@ def test_cli_serves_until_interrupted(store: Path) -> None:
         [sys.executable, "-m", "appliance", "mirror", "serve", str(store), "--port", str(port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=os.environ | {"APPLIANCE_MANIFESTS": str(REPO / "manifests")},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -84,6 +88,6 @@ def test_cli_serves_until_interrupted(store: Path) -> None:
         lock = Catalog(REPO / "manifests").lock_path("tiny-qwen3-vl").read_text()
         assert tree.status_code == 200 and tree.json()["sha"] in lock
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "serving on" in out

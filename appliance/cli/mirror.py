@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -19,13 +20,16 @@ PortOpt = Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free 
 
 
 def serve_until_interrupted(mirror) -> None:  # type: ignore[no-untyped-def]
+    """Serve until SIGINT (Ctrl-C) or SIGTERM (`kill`, `docker stop`). Both handlers are set here:
+    a shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     with mirror:
         out.print(f"serving on {mirror.url}  (Ctrl-C stops)")
         out.print(f"  export HF_ENDPOINT={mirror.url} MODELSCOPE_ENDPOINT={mirror.url}")
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            out.print("stopped")
+        stop.wait()
+        out.print("stopped")
 
 
 @app.command()
