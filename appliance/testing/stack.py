@@ -258,7 +258,7 @@ class Stack:
                 if status == 200 and all(m.get("phase") == "ready" for m in last.get("models", [])):
                     return time.monotonic()
             time.sleep(0.5)
-        raise StackError(f"not all ready after {timeout:.0f} s; last /readyz: {last}\n{self.log_tail()}")
+        raise StackError(f"not all ready after {timeout:.0f} s; last /readyz or /startupz: {last}\n{self.log_tail()}")
 
     def supervisorctl(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
         """supervisorctl over the unix socket (a file: reachable from outside the namespace too)."""
