@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
@@ -29,7 +28,7 @@ from appliance.manifest import Catalog
 from appliance.runtime.served import served_models
 
 PROBE_TIMEOUT = httpx.Timeout(2.0)  # a probe must answer well within a Kubernetes probe timeout
-UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=5.0)  # a long generation is normal; a dead port is not
+# A long generation is normal; a dead port is not.
 PASS_THROUGH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=600.0)
 
 
@@ -52,7 +51,6 @@ def create_app(
         # trust_env=False: engines are on loopback; an HTTP(S)_PROXY in the environment must not apply.
         async with (
             httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as probe_client,
-            httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False) as upstream_client,
             # The OpenAI pass-through's hot path: aiohttp, whose pool hands out an idle connection
             # in O(1) where httpcore's scans and polls every pooled one on each request.
             aiohttp.ClientSession(
@@ -64,7 +62,7 @@ def create_app(
         ):
             engines = build_engines(catalog, served, models_root)
             app.state.probes = probes.ProbeService(catalog, prof, probe_client, run_dir)
-            app.state.http = upstream_client
+            app.state.http = probe_client  # short calls to the engines: probes, /v1/models listings
             app.state.upstream_session = upstream_session
             app.state.upstreams = Upstreams(served)
             app.state.metrics = metrics
@@ -92,7 +90,7 @@ def create_app(
     app.include_router(ocr_api.router, dependencies=protected)
     app.include_router(openai_proxy.router, dependencies=protected)
     app.add_api_route("/metrics", _metrics_endpoint(metrics), dependencies=protected, include_in_schema=False)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(metrics.asgi_middleware)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -102,14 +100,6 @@ def create_app(
         return openai_proxy.error(exc.status_code, str(exc), type(exc).__name__, headers)
 
     return app
-
-
-class _MetricsMiddleware:
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self._app = metrics.asgi_middleware(app)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._app(scope, receive, send)
 
 
 def _metrics_endpoint(metrics: Metrics):  # type: ignore[no-untyped-def]

@@ -14,15 +14,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Offline, and no UDP connect towards 8.8.8.8 from vLLM's get_ip().
-OFFLINE = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "VLLM_HOST_IP": "127.0.0.1",
-}
+from appliance import constants
+
+# The appliance's own offline switches, and a small CPU KV cache (tiny models, shared 2-core hosts).
+OFFLINE = constants.OFFLINE_ENV | {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 class ServerError(RuntimeError):
