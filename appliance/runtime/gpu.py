@@ -34,7 +34,8 @@ CUDA_VERSION_ENV = ("APPLIANCE_CUDA_VERSION", "CUDA_VERSION")
 # Version Compatibility" (12.x >= 525.60.13, 13.x >= 580.65.06); rounded to 525 / 580 in
 # https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html. Plain
 # vllm/vllm-openai tags are built on CUDA 13 since vLLM 0.20 (vllm#42738): R535/R550/R570 hosts
-# cannot run them.
+# cannot run them. (NVIDIA's forward-compatibility libraries, which vLLM's image registers, help only
+# data-centre GPUs on supported driver branches: below the minimum is a failure, not a guess.)
 MIN_DRIVER: dict[int, tuple[int, ...]] = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580, 65, 6)}
 
 
