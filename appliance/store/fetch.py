@@ -19,8 +19,9 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from appliance.errors import (
     AccessDeniedError,
     ApplianceError,
     DiskFullError,
+    FetchInterrupted,
     IntegrityError,
     LockError,
     RepoNotFoundError,
@@ -178,6 +180,25 @@ class ModelFetch:
     # --- run -------------------------------------------------------------------------------------
 
     def run(self) -> FetchReport:
+        try:
+            return self._run()
+        except FetchInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+
+    def _interrupted(self) -> FetchInterrupted:
+        """What an interrupted run leaves for the next one: checked files and partial downloads."""
+        counts = []
+        for folder in (self.download_dir, self.ready):
+            try:
+                counts.append(len(walk_files(folder).files) if folder.is_dir() else 0)
+            except OSError:
+                counts.append(0)
+        return FetchInterrupted(self.name, partial=counts[0], ready=counts[1])
+
+    def _run(self) -> FetchReport:
+        self._recover_swap()
         commit, wanted, lock = self.plan()
         total = sum(w.remote.size or 0 for w in wanted)
         if lock is not None and self._target_is_current(lock):
@@ -190,8 +211,9 @@ class ModelFetch:
             if commit == "local":
                 commit = content_commit(locked)
             lock = Lock.create(self.manifest, commit, locked)
-        self._swap_in()
-        written = self._write_lock(lock)
+        with _deferred_sigint():  # the swap and the lock that describes it: all or nothing
+            self._swap_in()
+            written = self._write_lock(lock)
         return FetchReport(self.name, lock.commit, len(wanted), total, self._downloaded_bytes, self._reused, written)
 
     def _target_is_current(self, lock: Lock) -> bool:
@@ -215,7 +237,7 @@ class ModelFetch:
 
     def _check_disk(self, wanted: list[Wanted]) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
-        present, _ = walk_files(self.ready) if self.ready.is_dir() else ({}, [])
+        present = walk_files(self.ready).files if self.ready.is_dir() else {}
         need = sum(w.remote.size or 0 for w in wanted if w.path not in present)
         free = shutil.disk_usage(self.staging).free
         if need + DISK_MARGIN > free:
@@ -233,23 +255,27 @@ class ModelFetch:
         poller.start()
         results: list[LockedFile] = []
         failures: list[ApplianceError] = []
+        pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix=f"fetch-{self.name}")
         try:
-            with ThreadPoolExecutor(self.options.workers, thread_name_prefix=f"fetch-{self.name}") as pool:
-                futures = [pool.submit(self._obtain, commit, want) for want in wanted]
+            futures = [pool.submit(self._obtain, commit, want) for want in wanted]
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 try:
-                    for future in as_completed(futures):
-                        if future.cancelled():
-                            continue
-                        try:
-                            results.append(future.result())
-                        except IntegrityError as exc:  # one bad file: finish the others, report all
-                            failures.append(exc)
-                        except ApplianceError as exc:  # unreachable, denied, disk full: stop now
-                            failures.append(exc)
-                            _cancel(futures)
-                except BaseException:  # Ctrl-C: do not start the files still queued
+                    results.append(future.result())
+                except IntegrityError as exc:  # one bad file: finish the others, report all
+                    failures.append(exc)
+                except ApplianceError as exc:  # unreachable, denied, disk full: stop now
+                    failures.append(exc)
                     _cancel(futures)
-                    raise
+        except BaseException:
+            # Ctrl-C: abandon in-flight transfers (they stop at their next chunk, partial files kept
+            # for resume) instead of waiting for each to finish, and start none of the queued ones.
+            self.source.stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
         finally:
             stop.set()
             poller.join()
@@ -267,7 +293,7 @@ class ModelFetch:
         while not stop.wait(0.5):
             if self.progress:
                 try:
-                    files, _ = walk_files(self.download_dir)
+                    files = walk_files(self.download_dir).files
                     partial = sum(st.st_size for st in files.values())
                 except OSError:
                     partial = 0
@@ -282,6 +308,7 @@ class ModelFetch:
                 self._reused += 1
 
     def _obtain(self, commit: str, want: Wanted) -> LockedFile:
+        self.source.check_stop()
         final = self.ready / want.path
         # 1. finished and checked by an interrupted run
         if final.is_file():
@@ -314,6 +341,7 @@ class ModelFetch:
             except Exception as exc:
                 problem = f"download failed: {exc}"
                 continue
+            self.source.check_stop()  # interrupted meanwhile: the main thread has moved on
             found = self._accept(want, got.path, final, downloaded=True, sha256=got.sha256)
             if isinstance(found, LockedFile):
                 return found
@@ -339,6 +367,12 @@ class ModelFetch:
         self._finished(size, downloaded)
         return LockedFile(path=want.path, size=size, sha256=sha)
 
+    def _recover_swap(self) -> None:
+        """A run killed between the swap's two renames left the model only in `old/`: put it back."""
+        old = self.staging / "old"
+        if old.is_dir() and not self.target.exists():
+            os.rename(old, self.target)
+
     def _swap_in(self) -> None:
         old = self.staging / "old"
         if old.exists():
@@ -362,6 +396,19 @@ class ModelFetch:
 def _cancel(futures: list[Future[LockedFile]]) -> None:
     for future in futures:
         future.cancel()
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done (main thread only; elsewhere signals never arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelscope_hub import HubApi, RepoType
+from modelscope_hub import HubApi, ProgressCallback, RepoType
 from modelscope_hub import errors as ms_errors
 
 from appliance import errors
@@ -54,15 +54,22 @@ class ModelScopeSource(ModelSource):
         return [RemoteFile(e.path, e.size, sha256=e.sha256) for e in entries if not e.is_dir]
 
     def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
+        check_stop = self.check_stop
+
+        class StopCheck(ProgressCallback):  # called per chunk: Ctrl-C abandons the transfer there
+            def update(self, size: int) -> None:
+                check_stop()
+
         with self._translated(commit, file.path):
-            path = self._api().download_file(
+            path = self._api().downloader.download_file(
                 self.repo,
-                RepoType.MODEL,
+                str(RepoType.MODEL),
                 file.path,
                 revision=commit,
                 local_dir=workdir,
                 expected_sha256=file.sha256,
                 file_size=file.size,
+                progress_callbacks=[StopCheck],
             )
         return Downloaded(Path(path))
 
