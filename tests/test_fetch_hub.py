@@ -18,11 +18,11 @@ from appliance.errors import (
     UnpinnedRevisionError,
     UnsafePathError,
 )
+from appliance.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
 from appliance.store.fetch import FetchOptions, ModelFetch, fetch_model
 from appliance.store.lock import read_lock
 from appliance.store.sources.hf import HFSource
 from appliance.store.verify import verify_deep
-from appliance.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
 from tests.conftest import ManifestDir, make_files
 
 REPO = "org/tiny"

@@ -13,10 +13,10 @@ import pytest
 
 from appliance.errors import VerifyError
 from appliance.manifest import Catalog
-from appliance.store.fetch import FetchOptions, fetch_model
-from appliance.mirror.store import repos_from_store
-from appliance.testing.hub import TINY_PROFILE, tiny_repos
 from appliance.mirror import HubMirror
+from appliance.mirror.store import repos_from_store
+from appliance.store.fetch import FetchOptions, fetch_model
+from appliance.testing.hub import TINY_PROFILE, tiny_repos
 from tests.conftest import REPO
 
 

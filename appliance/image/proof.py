@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.image.airgap import Attempt, non_loopback, parse, strace_prefix
 from appliance.manifest import Catalog, Profile
 from appliance.runtime.served import served_models
-from appliance.image.airgap import Attempt, non_loopback, parse, strace_prefix
 
 CLIENT = r"""
 import json, sys, urllib.request

@@ -29,8 +29,8 @@ def relock_tiny(catalog: Catalog, store: Path, work: Path) -> list[str]:
     import os
     import re
 
-    from appliance.store.fetch import FetchOptions, fetch_model
     from appliance.mirror import HubMirror
+    from appliance.store.fetch import FetchOptions, fetch_model
 
     repos = tiny_repos(work, catalog)
     changed = []
