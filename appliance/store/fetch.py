@@ -22,7 +22,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,16 +258,21 @@ class ModelFetch:
         pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix=f"fetch-{self.name}")
         try:
             futures = [pool.submit(self._obtain, commit, want) for want in wanted]
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                try:
-                    results.append(future.result())
-                except IntegrityError as exc:  # one bad file: finish the others, report all
-                    failures.append(exc)
-                except ApplianceError as exc:  # unreachable, denied, disk full: stop now
-                    failures.append(exc)
-                    _cancel(futures)
+            pending = set(futures)
+            while pending:
+                # A timeout, so a Ctrl-C that the kernel handed to a worker thread still reaches the
+                # main thread's handler within half a second.
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future.cancelled():
+                        continue
+                    try:
+                        results.append(future.result())
+                    except IntegrityError as exc:  # one bad file: finish the others, report all
+                        failures.append(exc)
+                    except ApplianceError as exc:  # unreachable, denied, disk full: stop now
+                        failures.append(exc)
+                        _cancel(futures)
         except BaseException:
             # Ctrl-C: abandon in-flight transfers (they stop at their next chunk, partial files kept
             # for resume) instead of waiting for each to finish, and start none of the queued ones.
@@ -400,15 +405,22 @@ def _cancel(futures: list[Future[LockedFile]]) -> None:
 
 @contextlib.contextmanager
 def _deferred_sigint() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done (main thread only; elsewhere signals never arrive)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold Ctrl-C until the block is done, then raise it. A handler swap, not a signal mask: a mask
+    is per thread, and the kernel hands a process-wide SIGINT to any thread not masking it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
