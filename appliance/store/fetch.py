@@ -285,8 +285,9 @@ class ModelFetch:
             stop.set()
             poller.join()
         if failures:
-            if len(failures) == 1:
-                raise failures[0]
+            fatal = [f for f in failures if not isinstance(f, IntegrityError)]
+            if len(failures) == 1 or fatal:  # disk full, denied, unreachable: the one cause that matters
+                raise (fatal or failures)[0]
             listing = "\n".join(f"  {e}" for e in failures)
             raise SourceError(f"{self.name}: {len(failures)} files failed:\n{listing}")
         if self.progress:

@@ -46,7 +46,6 @@ class LocalSource(ModelSource):
         (directory links too: skipping one would silently drop its files from the model)."""
         allowed = self._allowed_root()
         files = []
-        seen_dirs = {os.path.realpath(self.path)}
 
         def inside(real: str) -> bool:
             return real.startswith(allowed + os.sep)
@@ -61,12 +60,16 @@ class LocalSource(ModelSource):
             dirnames[:] = sorted(d for d in dirnames if d != ".cache")  # huggingface_hub's local_dir metadata
             for name in dirnames:
                 full = os.path.join(dirpath, name)
+                if not os.path.islink(full):
+                    continue
                 real = os.path.realpath(full)
+                # A link back to a folder it sits in would be walked forever.
+                rel = Path(dirpath).relative_to(self.path)
+                chain = {os.path.realpath(self.path.joinpath(*rel.parts[:i])) for i in range(len(rel.parts) + 1)}
+                if real in chain:
+                    refuse(full, "directory symlink loops back to a folder it is in")
                 if not inside(real):
                     refuse(full, f"directory symlink leads outside {self.path}")
-                if real in seen_dirs:
-                    refuse(full, "directory symlink loops back or repeats a folder")
-                seen_dirs.add(real)
             for name in filenames:
                 full = os.path.join(dirpath, name)
                 real = os.path.realpath(full)
