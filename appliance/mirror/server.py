@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -176,6 +177,13 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (Ctrl-C, a refused download) is routine, not a traceback on stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("%s hung up", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         with self._open_lock:

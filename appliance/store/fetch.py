@@ -344,6 +344,9 @@ class ModelFetch:
                     raise DiskFullError(errno.ENOSPC, f"{self.name}: disk full while writing {want.path}") from exc
                 problem = f"download failed: {exc}"
                 continue
+            except IntegrityError as exc:  # a hub client's own check: its problem, not a second "m: path:"
+                problem = exc.problem
+                continue
             except Exception as exc:
                 problem = f"download failed: {exc}"
                 continue

@@ -92,10 +92,17 @@ class ModelScopeSource(ModelSource):
                 f"{where}: access denied (private or gated repo): set MODELSCOPE_API_TOKEN"
             ) from exc
         except ms_errors.NotExistError as exc:
-            raise errors.RepoNotFoundError(f"{where}:{what} not found at revision {revision!r} ({exc})") from exc
+            raise errors.RepoNotFoundError(f"{where}:{what} not found at revision {revision!r} ({_line(exc)})") from exc
         except ms_errors.FileIntegrityError as exc:
-            raise errors.IntegrityError(self.model, path or "?", f"the client's own check failed: {exc}") from exc
+            raise errors.IntegrityError(
+                self.model, path or "?", f"the client's own check failed: {_line(exc)}"
+            ) from exc
         except ms_errors.NetworkError as exc:
-            raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({exc})") from exc
+            raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_line(exc)})") from exc
         except ms_errors.HubError as exc:
-            raise errors.SourceError(f"{where}:{what} {exc}") from exc
+            raise errors.SourceError(f"{where}:{what} {_line(exc)}") from exc
+
+
+def _line(exc: Exception) -> str:
+    """The client's message without the request/response dump it appends on further lines."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
