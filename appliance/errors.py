@@ -95,7 +95,8 @@ class UnpinnedRevisionError(SourceError, ValueError):
 
 
 class DiskFullError(ApplianceError, OSError):
-    pass
+    def __str__(self) -> str:  # the message, without OSError's "[Errno 28]" prefix
+        return str(self.strerror) if self.strerror else super().__str__()
 
 
 class FetchInterrupted(KeyboardInterrupt):

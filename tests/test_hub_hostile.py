@@ -31,6 +31,13 @@ LISTING_CASES = {
     "over-long name": ({"path": "x" * 300, "size": 1}, r"too long"),
     "file and folder": ({"path": "config.json/inner", "size": 1}, r"'config\.json'.*both a file and a folder"),
     "nested dot-dot": ({"path": "weights/../../../escape", "size": 1}, r"'\.\.'"),
+    "negative size": ({"path": "x.json", "size": -5}, r"'x\.json'.*invalid size -5"),
+    "size not a number": (
+        {"path": "x.json", "hf": {"size": "12"}, "modelscope": {"Size": "twelve"}},
+        r"'x\.json'.*invalid size '12'|malformed answer: ValueError: invalid literal for int",
+    ),
+    "malformed sha256": ({"path": "x.bin", "size": 3, "sha256": "zz"}, r"'x\.bin'.*malformed sha256 'zz'"),
+    "empty path": ({"path": "", "size": 1}, r"refusing file '': empty"),
 }
 
 

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import threading
@@ -89,6 +90,22 @@ class Wanted:
 def content_commit(files: list[LockedFile]) -> str:
     """A stable 40-hex id for sources without commits (dir, tar): sha1 of the lock digest."""
     return hashlib.sha1(files_digest(files).encode(), usedforsecurity=False).hexdigest()
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _check_fields(model: str, listing: list[RemoteFile]) -> None:
+    """A size or digest a real hub never sends (negative, not a number, not hex) marks a broken or
+    hostile listing: refused whole, before any byte is fetched or any sum is taken over it."""
+    for f in listing:
+        if f.size is not None and (type(f.size) is not int or f.size < 0):
+            raise UnsafePathError(model, f.path, f"listed with an invalid size {f.size!r}")
+        if f.sha256 is not None and not (isinstance(f.sha256, str) and _HEX64.match(f.sha256)):
+            raise UnsafePathError(model, f.path, f"listed with a malformed sha256 {f.sha256!r}")
+        if f.git_sha1 is not None and not (isinstance(f.git_sha1, str) and _HEX40.match(f.git_sha1)):
+            raise UnsafePathError(model, f.path, f"listed with a malformed git blob id {f.git_sha1!r}")
 
 
 def _problem(want: Wanted, path: Path, size: int, sha256: str) -> str | None:
@@ -165,6 +182,7 @@ class ModelFetch:
         # A hostile entry anywhere in the listing means a broken or compromised mirror: refuse the
         # whole listing, even if the filters below would have dropped that entry.
         check_listing(self.name, [f.path for f in listing])
+        _check_fields(self.name, listing)
         chosen = list(
             filter_repo_objects(
                 listing,

@@ -144,6 +144,8 @@ def _translate(exc: Exception, where: str, revision: str | None, path: str | Non
         return errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_root_cause(exc)}). {HINT}")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         return errors.SourceError(f"{where}:{what} {exc}")
+    if isinstance(exc, ValueError | TypeError | KeyError):  # the client could not parse what the hub sent
+        return errors.SourceError(f"{where}: malformed answer{what}: {type(exc).__name__}: {exc}")
     return None
 
 

@@ -51,7 +51,8 @@ class ModelScopeSource(ModelSource):
     def list_files(self, commit: str) -> list[RemoteFile]:
         with self._translated(commit):
             entries = self._api().list_repo_files(self.repo, RepoType.MODEL, revision=commit, recursive=True)
-        return [RemoteFile(e.path, e.size, sha256=e.sha256) for e in entries if not e.is_dir]
+        # An empty Sha256 means "not published", not a digest to compare with.
+        return [RemoteFile(e.path, e.size, sha256=(e.sha256 or "").lower() or None) for e in entries if not e.is_dir]
 
     def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
         check_stop = self.check_stop
@@ -101,6 +102,8 @@ class ModelScopeSource(ModelSource):
             raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_line(exc)})") from exc
         except ms_errors.HubError as exc:
             raise errors.SourceError(f"{where}:{what} {_line(exc)}") from exc
+        except (ValueError, TypeError, KeyError) as exc:  # the client could not parse what the hub sent
+            raise errors.SourceError(f"{where}: malformed answer{what}: {type(exc).__name__}: {_line(exc)}") from exc
 
 
 def _line(exc: Exception) -> str:
