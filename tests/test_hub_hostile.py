@@ -92,3 +92,21 @@ def test_small_file_flipped_byte_refused_against_git_blob_id(hub_scene) -> None:
     scene, serve = hub_scene
     serve("hf", Faults(flip_byte={SMALL}))
     scene.refused("fetch", "m", match=rf"{SMALL}: git blob id differs")
+
+
+def test_disk_full_mid_download(hub_scene, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+    import os
+
+    from appliance.store.sources import hf
+
+    scene, serve = hub_scene
+    serve("hf", Faults())
+
+    def full(self, data: bytes) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hf._HashingSink, "write", full)
+    scene.refused(
+        "fetch", "m", match=r"disk full while downloading file '(weights/extra\.safetensors|generation_config)"
+    )

@@ -41,9 +41,9 @@ def scene_with_modes() -> Iterator[Scene]:
         shutil.rmtree(root)
 
 
-def _verify_as_user(scene: Scene) -> subprocess.CompletedProcess[str]:
+def _verify_as_user(scene: Scene, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "appliance", "verify", "m", "--deep",
+        [sys.executable, "-m", "appliance", *(command or ("verify", "m", "--deep")),
          "--manifests", str(scene.manifests.root), "--store", str(scene.store)],
         env=os.environ | {"HOME": str(scene.root), "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=60,
@@ -70,6 +70,16 @@ def test_unreadable_lock_named_in_one_line(scene_with_modes: Scene) -> None:
     scene.lock.chmod(0o000)
     line = _one_error(_verify_as_user(scene))
     assert str(scene.lock) in line and "Permission denied" in line
+
+
+def test_unreadable_folder_in_a_dir_source_refused(scene_with_modes: Scene) -> None:
+    """os.walk skips a folder it cannot list unless told otherwise: its files would silently be missing."""
+    scene = scene_with_modes
+    src = make_files(scene.root / "new", GOOD | {"sub/hidden.json": b"{}"})
+    scene.use(f"dir:{src}")
+    (src / "sub").chmod(0o000)
+    line = _one_error(_verify_as_user(scene, "fetch", "m"))
+    assert str(src / "sub") in line and "Permission denied" in line
 
 
 def test_unreadable_file_in_a_dir_source_refused(tmp_path: Path, manifests: ManifestDir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
