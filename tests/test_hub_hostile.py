@@ -107,6 +107,4 @@ def test_disk_full_mid_download(hub_scene, monkeypatch: pytest.MonkeyPatch) -> N
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(hf._HashingSink, "write", full)
-    scene.refused(
-        "fetch", "m", match=r"disk full while downloading file '(weights/extra\.safetensors|generation_config)"
-    )
+    scene.refused("fetch", "m", match=r"disk full while downloading file '[^']+'")
