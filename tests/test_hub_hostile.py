@@ -24,7 +24,7 @@ LISTING_CASES = {
     "duplicate": ({"path": "config.json", "size": 10}, r"'config\.json'.*listed twice"),
     "unicode twin": (
         {"path": unicodedata.normalize("NFD", "café.json"), "size": 1},
-        r"Unicode twin of 'café\.json'",
+        r"Unicode twin of 'caf\\xe9\.json': 'cafe\\u0301\.json'",
     ),
     "control character": ({"path": "evil\r\nname.json", "size": 1}, r"control character"),
     "backslash": ({"path": "..\\..\\evil", "size": 1}, r"backslash"),

@@ -51,7 +51,7 @@ def check_listing(model: str, paths: Iterable[str]) -> list[str]:
         path = safe_relpath(model, raw)
         key = unicodedata.normalize("NFC", path)
         if key in seen:
-            twin = "" if seen[key] == path else f" (Unicode twin of {seen[key]!r})"
+            twin = "" if seen[key] == path else f" (Unicode twin of {seen[key]!a}: {path!a})"
             raise UnsafePathError(model, raw, f"listed twice{twin}")
         seen[key] = path
         result.append(path)

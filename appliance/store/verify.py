@@ -59,7 +59,9 @@ def verify_fast(model_dir: Path, lock: Lock) -> list[IntegrityError]:
     for locked in lock.files:
         st = on_disk.pop(locked.path, None)
         if st is None:
-            if locked.path not in odd:
+            if locked.path in dirs:
+                problems.append(IntegrityError(name, locked.path, "is a folder, not a file"))
+            elif locked.path not in odd:
                 problems.append(IntegrityError(name, locked.path, "missing"))
         elif st.st_size != locked.size:
             problem = f"size {st.st_size} bytes, lock says {locked.size} (truncated or replaced)"
@@ -70,7 +72,9 @@ def verify_fast(model_dir: Path, lock: Lock) -> list[IntegrityError]:
     wanted = {str(parent) for f in lock.files for parent in PurePosixPath(f.path).parents}
     extra = set(dirs) - wanted
     for rel in sorted(extra):
-        reported = str(PurePosixPath(rel).parent) in extra or any(p.path.startswith(rel + "/") for p in problems)
+        reported = str(PurePosixPath(rel).parent) in extra or any(
+            p.path == rel or p.path.startswith(rel + "/") for p in problems
+        )
         if not reported:
             problems.append(IntegrityError(name, rel + "/", "extra folder, not in the lock"))
     return problems

@@ -120,7 +120,8 @@ class LocalSource(ModelSource):
         try:
             return [RemoteFile(path=p, size=m.size) for p, m in self._tar_members().items()]
         except (tarfile.TarError, OSError) as exc:
-            raise SourceError(f"{self.model}: cannot read {self.describe()}: {exc}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+            raise SourceError(f"{self.model}: cannot read {self.describe()}: {reason.rstrip(':')}") from exc
 
     def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
         target = workdir / safe_relpath(self.model, file.path)
