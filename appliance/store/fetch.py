@@ -10,6 +10,9 @@ Layout while fetching (all on the store's filesystem, so every move is an atomic
 An interrupted fetch keeps `ready/` and the partial downloads, so the next run re-downloads no
 finished file. A file that fails a check is never moved to `ready/`, and `store/<model>` is only
 replaced once every file is in `ready/`: nothing good is ever overwritten by something bad.
+
+Ctrl-C abandons the transfers in flight (each stops at its next chunk; the CLI exits without
+joining them) and holds off during the swap and the lock write, which happen together or not at all.
 """
 
 from __future__ import annotations
