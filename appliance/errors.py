@@ -95,7 +95,26 @@ class UnpinnedRevisionError(SourceError, ValueError):
 
 
 class DiskFullError(ApplianceError, OSError):
-    pass
+    def __str__(self) -> str:  # the message, without OSError's "[Errno 28]" prefix
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class FetchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a fetch, once in-flight transfers were abandoned; says what the next run resumes.
+    Still a KeyboardInterrupt, so library callers that stop on Ctrl-C keep doing so."""
+
+    def __init__(self, model: str, partial: int, ready: int) -> None:
+        self.model, self.partial, self.ready = model, partial, ready
+        super().__init__(
+            f"interrupted; {model}: {ready} checked and {partial} partial files kept, "
+            "the next `appliance fetch` resumes them"
+        )
+
+
+class Interrupted(ApplianceError):
+    """What the CLI raises for Ctrl-C (a plain ApplianceError passes click untouched): exit 130."""
+
+    exit_code = 130
 
 
 # --- gateway: documents and OCR engines ------------------------------------------------------------

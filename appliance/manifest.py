@@ -226,6 +226,8 @@ def _load_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable or not text: one line, no traceback
+        raise ManifestError(path, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ManifestError(path, [f"not valid YAML: {exc}"]) from exc
 

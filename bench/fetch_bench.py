@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _serve(repo_dir: Path, queue: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
-    from appliance.testing.mirror import HubMirror, repo_from_dir
+    from appliance.mirror import HubMirror, repo_from_dir
 
     repo = repo_from_dir("bench/model", repo_dir)
     with HubMirror([repo]) as mirror:

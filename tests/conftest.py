@@ -64,3 +64,29 @@ def make_files(root: Path, files: dict[str, bytes]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+@pytest.fixture
+def start_mirror(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Start a local hub mirror (optionally with faults) and point both hub clients at it.
+
+    The fetcher reads HF_ENDPOINT / MODELSCOPE_ENDPOINT at run time; modelscope_hub caches its
+    endpoint in a process-wide config, reset here. Every mirror started is stopped at teardown.
+    """
+    import modelscope_hub.config
+
+    from appliance.mirror import HubMirror
+
+    mirrors: list[HubMirror] = []
+
+    def start(repos, faults=None) -> HubMirror:  # type: ignore[no-untyped-def]
+        mirror = HubMirror(repos, faults=faults).start()
+        mirrors.append(mirror)
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", mirror.url)
+        monkeypatch.setattr(modelscope_hub.config, "_default_config", None)
+        return mirror
+
+    yield start
+    for mirror in mirrors:
+        mirror.stop()

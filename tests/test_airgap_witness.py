@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.testing.airgap import non_loopback, parse, strace_prefix
+from appliance.image.airgap import non_loopback, parse, strace_prefix
 
 PROBE = """
 import os, socket, subprocess, sys

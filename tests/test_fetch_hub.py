@@ -18,11 +18,11 @@ from appliance.errors import (
     UnpinnedRevisionError,
     UnsafePathError,
 )
+from appliance.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
 from appliance.store.fetch import FetchOptions, ModelFetch, fetch_model
 from appliance.store.lock import read_lock
 from appliance.store.sources.hf import HFSource
 from appliance.store.verify import verify_deep
-from appliance.testing.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
 from tests.conftest import ManifestDir, make_files
 
 REPO = "org/tiny"
@@ -48,23 +48,9 @@ def repo(tmp_path: Path) -> MirrorRepo:
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, repo: MirrorRepo):  # type: ignore[no-untyped-def]
-    """Start a mirror (optionally with faults); the fetcher must honour HF_ENDPOINT set at run time."""
-    import modelscope_hub.config
-
-    mirrors: list[HubMirror] = []
-
-    def start(faults: Faults | None = None) -> HubMirror:
-        mirror = HubMirror([repo], faults=faults).start()
-        mirrors.append(mirror)
-        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
-        monkeypatch.setenv("MODELSCOPE_ENDPOINT", mirror.url)
-        monkeypatch.setattr(modelscope_hub.config, "_default_config", None)
-        return mirror
-
-    yield start
-    for mirror in mirrors:
-        mirror.stop()
+def hub(start_mirror, repo: MirrorRepo):  # type: ignore[no-untyped-def]
+    """Start a mirror of `repo` (optionally with faults); the fetcher must honour HF_ENDPOINT set at run time."""
+    return lambda faults=None: start_mirror([repo], faults)
 
 
 def _catalog(manifests: ManifestDir, repo: MirrorRepo, kind: str = "hf", revision: str | None = None):  # type: ignore[no-untyped-def]

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.testing.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
-from appliance.testing.mirror.repo import git_blob_sha1
-from appliance.testing.mirror.transfer import Unsatisfiable, parse_range
+from appliance.mirror import Faults, HubMirror, MirrorRepo, repo_from_dir
+from appliance.mirror.repo import git_blob_sha1
+from appliance.mirror.transfer import Unsatisfiable, parse_range
 
 REPO = "org/tiny"
 BIG = "model.safetensors"

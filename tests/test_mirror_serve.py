@@ -13,9 +13,10 @@ import pytest
 
 from appliance.errors import VerifyError
 from appliance.manifest import Catalog
+from appliance.mirror import HubMirror
+from appliance.mirror.store import repos_from_store
 from appliance.store.fetch import FetchOptions, fetch_model
-from appliance.testing.hub import TINY_PROFILE, repos_from_store, tiny_repos
-from appliance.testing.mirror import HubMirror
+from appliance.testing.hub import TINY_PROFILE, tiny_repos
 from tests.conftest import REPO
 
 

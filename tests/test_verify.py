@@ -69,3 +69,9 @@ def test_symlink_is_not_a_file(model: tuple[Path, Lock], tmp_path: Path) -> None
 def test_missing_model_dir(model: tuple[Path, Lock], tmp_path: Path) -> None:
     _, lock = model
     assert "missing" in verify_fast(tmp_path / "nope", lock)[0].problem
+
+
+def test_stray_empty_folder_is_extra(model: tuple[Path, Lock]) -> None:
+    root, lock = model
+    (root / "sub" / "empty" / "deeper").mkdir(parents=True)
+    assert _problems(verify_fast(root, lock)) == {"sub/empty/": "extra folder, not in the lock"}

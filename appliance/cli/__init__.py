@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from appliance import constants
 from appliance.cli import gateway, image, mirror, runtime, store, testing
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, Interrupted
 
 app = typer.Typer(
     name="appliance",
@@ -31,11 +32,36 @@ app.add_typer(image.app, name="image")
 app.add_typer(image.bundle_app, name="bundle")
 
 
+# Third-party modules only an extra installs (pyproject.toml), and that extra.
+EXTRA_OF = {
+    "numpy": "testing",
+    "torch": "testing",
+    "torchvision": "testing",
+    "transformers": "testing",
+    "tokenizers": "testing",
+    "safetensors": "testing",
+    "paddle": "gateway",
+    "paddleocr": "gateway",
+    "paddlex": "gateway",
+}
+
+
+def _interrupted(message: str) -> None:
+    """Exit 130 now: worker threads still in a transfer are abandoned, not joined (their partial
+    files stay for the next run), so Ctrl-C never waits for a download to finish."""
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main() -> None:
     """Entry point: expected failures print one clear line and exit non-zero, no traceback."""
     try:
         # Without standalone mode click *returns* the code of a `typer.Exit(code)` instead of exiting.
         code = app(standalone_mode=False)
+    except Interrupted as exc:
+        _interrupted(str(exc))
     except ApplianceError as exc:
         if constants.debug():
             raise
@@ -43,9 +69,21 @@ def main() -> None:
         print("(set APPLIANCE_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted; a fetch resumes where it stopped when run again", file=sys.stderr)
-        sys.exit(130)
-    except typer.Abort:
+        _interrupted("interrupted")
+    except typer.Abort as exc:  # click's wrapping of Ctrl-C
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted("interrupted")
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None or constants.debug():
+            raise
+        print(f"error: this command needs {exc.name}: pip install 'ocr-appliance[{extra}]'", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # a file we could not read or write, named: not a traceback
+        if exc.filename is None or constants.debug():
+            raise
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

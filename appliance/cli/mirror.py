@@ -51,8 +51,8 @@ def serve(
 
       appliance mirror serve ./store --host 0.0.0.0 --port 8090
     """
-    from appliance.testing.hub import repos_from_store
-    from appliance.testing.mirror import HubMirror
+    from appliance.mirror import HubMirror
+    from appliance.mirror.store import repos_from_store
 
     repos = repos_from_store(store, Catalog(manifests))
     if not repos:

@@ -21,7 +21,7 @@ from appliance.cli._common import (
     out,
     select_models,
 )
-from appliance.errors import ApplianceError, LockError, VerifyError
+from appliance.errors import ApplianceError, FetchInterrupted, Interrupted, LockError, VerifyError
 from appliance.manifest import Catalog
 from appliance.store.fetch import FetchOptions, fetch_model
 from appliance.store.lock import read_lock
@@ -81,15 +81,18 @@ def fetch(
     table = Table("model", "commit", "files", "size", "fetched", "time", "lock", title=f"store: {store_root}")
     for manifest in selected:
         started = time.monotonic()
-        with _bar() as bar:
-            task = bar.add_task(manifest.name, total=None)
-            report = fetch_model(
-                manifest,
-                catalog.lock_path(manifest.name),
-                store_root,
-                options,
-                progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
-            )
+        try:
+            with _bar() as bar:
+                task = bar.add_task(manifest.name, total=None)
+                report = fetch_model(
+                    manifest,
+                    catalog.lock_path(manifest.name),
+                    store_root,
+                    options,
+                    progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+                )
+        except FetchInterrupted as exc:  # click would turn it into a bare Abort (exit 1)
+            raise Interrupted(str(exc)) from None
         table.add_row(
             manifest.name,
             report.commit[:12],

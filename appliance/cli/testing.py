@@ -50,8 +50,8 @@ def tiny_hub(
 
       appliance testing tiny-hub -- appliance fetch --profile tiny-cpu --frozen
     """
+    from appliance.mirror import HubMirror
     from appliance.testing.hub import tiny_repos
-    from appliance.testing.mirror import HubMirror
 
     with tempfile.TemporaryDirectory(prefix="tiny-hub-") as work:
         repos = tiny_repos(Path(work), Catalog(manifests), seed=seed)

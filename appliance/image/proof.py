@@ -5,7 +5,7 @@ attempt any process made (there must be none).
 How: `buildah from` the image, then run its entrypoint (`tini -- appliance boot`) with
 `buildah run --isolation chroot` inside a fresh network namespace that holds only loopback
 (`unshare --net`), the whole process tree under `strace -f` recording every connect/sendto/sendmsg
-(`appliance.testing.airgap`). Requests enter that namespace with `nsenter`; the image's own ENV
+(`appliance.image.airgap`). Requests enter that namespace with `nsenter`; the image's own ENV
 (offline switches, profile) applies, as under `docker run`.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.image.airgap import Attempt, non_loopback, parse, strace_prefix
 from appliance.manifest import Catalog, Profile
 from appliance.runtime.served import served_models
-from appliance.testing.airgap import Attempt, non_loopback, parse, strace_prefix
 
 CLIENT = r"""
 import json, sys, urllib.request

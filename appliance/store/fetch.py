@@ -10,6 +10,9 @@ Layout while fetching (all on the store's filesystem, so every move is an atomic
 An interrupted fetch keeps `ready/` and the partial downloads, so the next run re-downloads no
 finished file. A file that fails a check is never moved to `ready/`, and `store/<model>` is only
 replaced once every file is in `ready/`: nothing good is ever overwritten by something bad.
+
+Ctrl-C abandons the transfers in flight (each stops at its next chunk; the CLI exits without
+joining them) and holds off during the swap and the lock write, which happen together or not at all.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
+import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from appliance.errors import (
     AccessDeniedError,
     ApplianceError,
     DiskFullError,
+    FetchInterrupted,
     IntegrityError,
     LockError,
     RepoNotFoundError,
@@ -87,6 +93,22 @@ class Wanted:
 def content_commit(files: list[LockedFile]) -> str:
     """A stable 40-hex id for sources without commits (dir, tar): sha1 of the lock digest."""
     return hashlib.sha1(files_digest(files).encode(), usedforsecurity=False).hexdigest()
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _check_fields(model: str, listing: list[RemoteFile]) -> None:
+    """A size or digest a real hub never sends (negative, not a number, not hex) marks a broken or
+    hostile listing: refused whole, before any byte is fetched or any sum is taken over it."""
+    for f in listing:
+        if f.size is not None and (type(f.size) is not int or f.size < 0):
+            raise UnsafePathError(model, f.path, f"listed with an invalid size {f.size!r}")
+        if f.sha256 is not None and not (isinstance(f.sha256, str) and _HEX64.match(f.sha256)):
+            raise UnsafePathError(model, f.path, f"listed with a malformed sha256 {f.sha256!r}")
+        if f.git_sha1 is not None and not (isinstance(f.git_sha1, str) and _HEX40.match(f.git_sha1)):
+            raise UnsafePathError(model, f.path, f"listed with a malformed git blob id {f.git_sha1!r}")
 
 
 def _problem(want: Wanted, path: Path, size: int, sha256: str) -> str | None:
@@ -163,6 +185,7 @@ class ModelFetch:
         # A hostile entry anywhere in the listing means a broken or compromised mirror: refuse the
         # whole listing, even if the filters below would have dropped that entry.
         check_listing(self.name, [f.path for f in listing])
+        _check_fields(self.name, listing)
         chosen = list(
             filter_repo_objects(
                 listing,
@@ -178,6 +201,25 @@ class ModelFetch:
     # --- run -------------------------------------------------------------------------------------
 
     def run(self) -> FetchReport:
+        try:
+            return self._run()
+        except FetchInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+
+    def _interrupted(self) -> FetchInterrupted:
+        """What an interrupted run leaves for the next one: checked files and partial downloads."""
+        counts = []
+        for folder in (self.download_dir, self.ready):
+            try:
+                counts.append(len(walk_files(folder).files) if folder.is_dir() else 0)
+            except OSError:
+                counts.append(0)
+        return FetchInterrupted(self.name, partial=counts[0], ready=counts[1])
+
+    def _run(self) -> FetchReport:
+        self._recover_swap()
         commit, wanted, lock = self.plan()
         total = sum(w.remote.size or 0 for w in wanted)
         if lock is not None and self._target_is_current(lock):
@@ -190,8 +232,9 @@ class ModelFetch:
             if commit == "local":
                 commit = content_commit(locked)
             lock = Lock.create(self.manifest, commit, locked)
-        self._swap_in()
-        written = self._write_lock(lock)
+        with _deferred_sigint():  # the swap and the lock that describes it: all or nothing
+            self._swap_in()
+            written = self._write_lock(lock)
         return FetchReport(self.name, lock.commit, len(wanted), total, self._downloaded_bytes, self._reused, written)
 
     def _target_is_current(self, lock: Lock) -> bool:
@@ -215,7 +258,7 @@ class ModelFetch:
 
     def _check_disk(self, wanted: list[Wanted]) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
-        present, _ = walk_files(self.ready) if self.ready.is_dir() else ({}, [])
+        present = walk_files(self.ready).files if self.ready.is_dir() else {}
         need = sum(w.remote.size or 0 for w in wanted if w.path not in present)
         free = shutil.disk_usage(self.staging).free
         if need + DISK_MARGIN > free:
@@ -233,29 +276,39 @@ class ModelFetch:
         poller.start()
         results: list[LockedFile] = []
         failures: list[ApplianceError] = []
+        pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix=f"fetch-{self.name}")
         try:
-            with ThreadPoolExecutor(self.options.workers, thread_name_prefix=f"fetch-{self.name}") as pool:
-                futures = [pool.submit(self._obtain, commit, want) for want in wanted]
-                try:
-                    for future in as_completed(futures):
-                        if future.cancelled():
-                            continue
-                        try:
-                            results.append(future.result())
-                        except IntegrityError as exc:  # one bad file: finish the others, report all
-                            failures.append(exc)
-                        except ApplianceError as exc:  # unreachable, denied, disk full: stop now
-                            failures.append(exc)
-                            _cancel(futures)
-                except BaseException:  # Ctrl-C: do not start the files still queued
-                    _cancel(futures)
-                    raise
+            futures = [pool.submit(self._obtain, commit, want) for want in wanted]
+            pending = set(futures)
+            while pending:
+                # A timeout, so a Ctrl-C that the kernel handed to a worker thread still reaches the
+                # main thread's handler within half a second.
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future.cancelled():
+                        continue
+                    try:
+                        results.append(future.result())
+                    except IntegrityError as exc:  # one bad file: finish the others, report all
+                        failures.append(exc)
+                    except ApplianceError as exc:  # unreachable, denied, disk full: stop now
+                        failures.append(exc)
+                        _cancel(futures)
+        except BaseException:
+            # Ctrl-C: abandon in-flight transfers (they stop at their next chunk, partial files kept
+            # for resume) instead of waiting for each to finish, and start none of the queued ones.
+            self.source.stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
         finally:
             stop.set()
             poller.join()
         if failures:
-            if len(failures) == 1:
-                raise failures[0]
+            fatal = [f for f in failures if not isinstance(f, IntegrityError)]
+            if len(failures) == 1 or fatal:  # disk full, denied, unreachable: the one cause that matters
+                raise (fatal or failures)[0]
             listing = "\n".join(f"  {e}" for e in failures)
             raise SourceError(f"{self.name}: {len(failures)} files failed:\n{listing}")
         if self.progress:
@@ -267,7 +320,7 @@ class ModelFetch:
         while not stop.wait(0.5):
             if self.progress:
                 try:
-                    files, _ = walk_files(self.download_dir)
+                    files = walk_files(self.download_dir).files
                     partial = sum(st.st_size for st in files.values())
                 except OSError:
                     partial = 0
@@ -282,6 +335,7 @@ class ModelFetch:
                 self._reused += 1
 
     def _obtain(self, commit: str, want: Wanted) -> LockedFile:
+        self.source.check_stop()
         final = self.ready / want.path
         # 1. finished and checked by an interrupted run
         if final.is_file():
@@ -311,9 +365,13 @@ class ModelFetch:
                     raise DiskFullError(errno.ENOSPC, f"{self.name}: disk full while writing {want.path}") from exc
                 problem = f"download failed: {exc}"
                 continue
+            except IntegrityError as exc:  # a hub client's own check: its problem, not a second "m: path:"
+                problem = exc.problem
+                continue
             except Exception as exc:
                 problem = f"download failed: {exc}"
                 continue
+            self.source.check_stop()  # interrupted meanwhile: the main thread has moved on
             found = self._accept(want, got.path, final, downloaded=True, sha256=got.sha256)
             if isinstance(found, LockedFile):
                 return found
@@ -339,6 +397,12 @@ class ModelFetch:
         self._finished(size, downloaded)
         return LockedFile(path=want.path, size=size, sha256=sha)
 
+    def _recover_swap(self) -> None:
+        """A run killed between the swap's two renames left the model only in `old/`: put it back."""
+        old = self.staging / "old"
+        if old.is_dir() and not self.target.exists():
+            os.rename(old, self.target)
+
     def _swap_in(self) -> None:
         old = self.staging / "old"
         if old.exists():
@@ -362,6 +426,26 @@ class ModelFetch:
 def _cancel(futures: list[Future[LockedFile]]) -> None:
     for future in futures:
         future.cancel()
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it. A handler swap, not a signal mask: a mask
+    is per thread, and the kernel hands a process-wide SIGINT to any thread not masking it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -65,5 +65,9 @@ def sha256_many(
     if workers <= 1 or len(ordered) <= 1:
         yield from map(one, ordered)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256")
+    try:
         yield from pool.map(one, ordered)
+    finally:
+        # Ctrl-C (or a consumer that stops early): drop the queued files rather than hash them all.
+        pool.shutdown(wait=False, cancel_futures=True)

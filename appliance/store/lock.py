@@ -87,6 +87,8 @@ def read_lock(path: Path) -> Lock | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, a folder, not text: one line, no traceback
+        raise LockError(f"{path}: cannot read lock: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         return Lock.model_validate_json(text)
     except ValidationError as exc:

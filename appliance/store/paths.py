@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
 from appliance.errors import UnsafePathError
+
+NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, overlayfs
+PATH_MAX = 4096
 
 
 def safe_relpath(model: str, path: str) -> str:
@@ -24,18 +28,32 @@ def safe_relpath(model: str, path: str) -> str:
     normal = posixpath.normpath(path)
     if normal in (".", "") or normal.startswith("../"):
         raise UnsafePathError(model, path, "does not name a file inside the model directory")
+    if any(not ch.isprintable() for ch in normal):
+        raise UnsafePathError(model, path, "contains a control character")
+    try:
+        encoded = normal.encode()
+    except UnicodeEncodeError:  # a lone surrogate: a name no file system round-trips
+        raise UnsafePathError(model, path, "is not valid UTF-8") from None
+    if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise UnsafePathError(model, path, f"too long (over {NAME_MAX} bytes per name or {PATH_MAX} in all)")
     return normal
 
 
 def check_listing(model: str, paths: Iterable[str]) -> list[str]:
-    """Normalise every path and refuse unsafe ones and duplicates (also a file that is a folder's prefix)."""
-    seen: set[str] = set()
+    """Normalise every path and refuse unsafe ones and duplicates (also a file that is a folder's prefix).
+
+    Names equal after Unicode NFC normalisation are duplicates too: `café` composed and decomposed
+    are two files on Linux but one on macOS and in most tools, so which one a user gets is luck.
+    """
+    seen: dict[str, str] = {}
     result: list[str] = []
     for raw in paths:
         path = safe_relpath(model, raw)
-        if path in seen:
-            raise UnsafePathError(model, raw, "listed twice")
-        seen.add(path)
+        key = unicodedata.normalize("NFC", path)
+        if key in seen:
+            twin = "" if seen[key] == path else f" (Unicode twin of {seen[key]!a}: {path!a})"
+            raise UnsafePathError(model, raw, f"listed twice{twin}")
+        seen[key] = path
         result.append(path)
     folders = {posixpath.dirname(p) for p in result}
     for path in result:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from appliance import constants
 from appliance.errors import IntegrityError
@@ -16,10 +17,15 @@ from appliance.store.hashing import sha256_many
 from appliance.store.lock import Lock
 
 
-def walk_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
-    """Regular files under root (relative POSIX path → stat), and entries that are not regular files."""
-    files: dict[str, os.stat_result] = {}
-    odd: list[str] = []
+class Walk(NamedTuple):
+    files: dict[str, os.stat_result]  # regular files: relative POSIX path → stat
+    odd: list[str]  # symlinks, FIFOs, sockets, devices
+    dirs: list[str]  # every folder below the root
+
+
+def walk_files(root: Path) -> Walk:
+    """One pass over `root`, links not followed. OSError (e.g. a folder that cannot be read) escapes."""
+    walk = Walk({}, [], [])
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -27,14 +33,15 @@ def walk_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 if entry.is_symlink():
-                    odd.append(rel)
+                    walk.odd.append(rel)
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append(rel)
+                    walk.dirs.append(rel)
                 elif entry.is_file(follow_symlinks=False):
-                    files[rel] = entry.stat(follow_symlinks=False)
+                    walk.files[rel] = entry.stat(follow_symlinks=False)
                 else:
-                    odd.append(rel)
-    return files, odd
+                    walk.odd.append(rel)
+    return walk
 
 
 def verify_fast(model_dir: Path, lock: Lock) -> list[IntegrityError]:
@@ -43,19 +50,33 @@ def verify_fast(model_dir: Path, lock: Lock) -> list[IntegrityError]:
         return [IntegrityError(name, str(model_dir), "model directory is missing")]
     # The lock validated its own digest on load; a lock built in memory is checked here too.
     problems: list[IntegrityError] = []
-    on_disk, odd = walk_files(model_dir)
+    try:
+        on_disk, odd, dirs = walk_files(model_dir)
+    except OSError as exc:  # one line naming the folder, not a traceback
+        return [IntegrityError(name, str(exc.filename or model_dir), f"cannot read: {exc.strerror}")]
     for rel in sorted(odd):
         problems.append(IntegrityError(name, rel, "is a symlink or special file, not a regular file"))
     for locked in lock.files:
         st = on_disk.pop(locked.path, None)
         if st is None:
-            if locked.path not in odd:
+            if locked.path in dirs:
+                problems.append(IntegrityError(name, locked.path, "is a folder, not a file"))
+            elif locked.path not in odd:
                 problems.append(IntegrityError(name, locked.path, "missing"))
         elif st.st_size != locked.size:
             problem = f"size {st.st_size} bytes, lock says {locked.size} (truncated or replaced)"
             problems.append(IntegrityError(name, locked.path, problem))
     for rel in sorted(on_disk):
         problems.append(IntegrityError(name, rel, "extra file, not in the lock"))
+    # A folder no locked file lives in (an empty one, or one only extra files fill) is extra too.
+    wanted = {str(parent) for f in lock.files for parent in PurePosixPath(f.path).parents}
+    extra = set(dirs) - wanted
+    for rel in sorted(extra):
+        reported = str(PurePosixPath(rel).parent) in extra or any(
+            p.path == rel or p.path.startswith(rel + "/") for p in problems
+        )
+        if not reported:
+            problems.append(IntegrityError(name, rel + "/", "extra folder, not in the lock"))
     return problems
 
 

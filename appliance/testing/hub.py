@@ -1,39 +1,13 @@
-"""Glue between the store and the mirror: serve a verified store, or the generated tiny models."""
+"""The generated tiny models as hub repos, served by the mirror (`appliance testing tiny-hub`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.errors import VerifyError
 from appliance.manifest import Catalog
-from appliance.store.lock import read_lock
-from appliance.store.verify import verify_fast
-from appliance.testing.mirror import MirrorFile, MirrorRepo, repo_from_dir
+from appliance.mirror import MirrorRepo, repo_from_dir
 
 TINY_PROFILE = "tiny-cpu"
-
-
-def repos_from_store(store: Path, catalog: Catalog) -> list[MirrorRepo]:
-    """One repo per locked model present in `store`, at its locked commit, under its source repo id.
-
-    Serving from the lock (not by re-hashing) keeps start-up instant for a 20 GB store; the fast
-    verify still refuses to serve a store whose files are missing, extra or of the wrong size.
-    """
-    repos = []
-    problems = []
-    for name in catalog.model_names():
-        lock = read_lock(catalog.lock_path(name))
-        model_dir = store / name
-        if lock is None or not model_dir.is_dir():
-            continue
-        problems += verify_fast(model_dir, lock)
-        manifest = catalog.model(name)
-        files = [MirrorFile(f.path, f.size, f.sha256, model_dir / f.path) for f in lock.files]
-        refs = {ref: lock.commit for ref in {lock.revision or "main", "main", "master"}}
-        repos.append(MirrorRepo(manifest.source.location, lock.commit, files, refs))
-    if problems:
-        raise VerifyError(problems)
-    return repos
 
 
 def tiny_repos(out_root: Path, catalog: Catalog, seed: int = 0) -> list[MirrorRepo]:
@@ -55,8 +29,8 @@ def relock_tiny(catalog: Catalog, store: Path, work: Path) -> list[str]:
     import os
     import re
 
+    from appliance.mirror import HubMirror
     from appliance.store.fetch import FetchOptions, fetch_model
-    from appliance.testing.mirror import HubMirror
 
     repos = tiny_repos(work, catalog)
     changed = []

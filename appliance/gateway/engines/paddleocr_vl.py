@@ -34,15 +34,16 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from appliance.errors import EngineError, EngineTimeout, EngineUnavailable
 from appliance.gateway.documents import PageImage
 from appliance.gateway.engines._text import table_block
 from appliance.gateway.engines.base import Engine, EngineSettings
 from appliance.gateway.protocol import Block, PageResult, Task
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # pipeline_version → (PaddleX pipeline name, VL model name the pipeline asks the server for)
 PIPELINES = {
@@ -127,6 +128,11 @@ class PaddleOcrVlEngine(Engine):
         return self._pipeline
 
     async def _read(self, page: PageImage, task: Task) -> PageResult:
+        try:  # numpy comes with the `gateway` extra (paddleocr): a plain install serves the other engines
+            import numpy as np
+        except ModuleNotFoundError:
+            hint = "needs the gateway extra: pip install 'ocr-appliance[gateway]'"
+            raise EngineUnavailable(self.kind, hint) from None
         loop = asyncio.get_running_loop()
         bgr = np.ascontiguousarray(np.asarray(page.image)[:, :, ::-1])
         use_layout = task == Task.layout and self.has_layout

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from appliance.errors import HubUnreachableError
@@ -21,6 +23,12 @@ class RemoteFile:
     git_sha1: str | None = None  # git blob id the hub publishes for files outside LFS
 
 
+class StopRequested(BaseException):
+    """Raised inside a transfer once the fetch was interrupted: the partial file stays for resume.
+    A BaseException, like KeyboardInterrupt, so the hub clients' retry loops (`except Exception`)
+    let it through instead of retrying."""
+
+
 @dataclass(frozen=True)
 class Downloaded:
     path: Path
@@ -31,6 +39,18 @@ class ModelSource(ABC):
     def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
         self.model = manifest.name
+        # Set by the fetcher on Ctrl-C; transfers check it between chunks and stop within one.
+        self.stop = threading.Event()
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise StopRequested(self.model)
+
+    def copy(self, source: BinaryIO, out: BinaryIO, chunk: int = 1 << 20) -> None:
+        """copyfileobj that stops between chunks once the fetch is interrupted."""
+        while data := source.read(chunk):
+            self.check_stop()
+            out.write(data)
 
     def describe(self) -> str:
         return str(self.manifest.source)

@@ -88,7 +88,7 @@ class HFSource(ModelSource):
                     while chunk := done.read(1 << 20):
                         digest.update(chunk)
             with open(partial, "ab") as handle:
-                sink = _HashingSink(handle, digest)
+                sink = _HashingSink(handle, digest, self.check_stop)
                 http_get(meta.location, sink, resume_size=resume, headers=build_hf_headers(), expected_size=meta.size)
         target = workdir / file.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,8 @@ def _translate(exc: Exception, where: str, revision: str | None, path: str | Non
         return errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_root_cause(exc)}). {HINT}")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         return errors.SourceError(f"{where}:{what} {exc}")
+    if isinstance(exc, ValueError | TypeError | KeyError):  # the client could not parse what the hub sent
+        return errors.SourceError(f"{where}: malformed answer{what}: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -157,10 +159,11 @@ class _HashingSink:
     """The file object `http_get` writes to: appends hash as they land. `http_get` rewinds only
     when a server ignores a Range request; the digest is then void and the fetcher re-hashes."""
 
-    def __init__(self, handle, digest) -> None:  # type: ignore[no-untyped-def]
-        self.handle, self.digest, self.rewound = handle, digest, False
+    def __init__(self, handle, digest, check_stop=lambda: None) -> None:  # type: ignore[no-untyped-def]
+        self.handle, self.digest, self.rewound, self.check_stop = handle, digest, False, check_stop
 
     def write(self, data: bytes) -> int:
+        self.check_stop()  # Ctrl-C: abandon the transfer between pieces, keeping what was written
         self.digest.update(data)
         return self.handle.write(data)
 

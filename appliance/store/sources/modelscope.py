@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelscope_hub import HubApi, RepoType
+from modelscope_hub import HubApi, ProgressCallback, RepoType
 from modelscope_hub import errors as ms_errors
 
 from appliance import errors
@@ -51,18 +51,26 @@ class ModelScopeSource(ModelSource):
     def list_files(self, commit: str) -> list[RemoteFile]:
         with self._translated(commit):
             entries = self._api().list_repo_files(self.repo, RepoType.MODEL, revision=commit, recursive=True)
-        return [RemoteFile(e.path, e.size, sha256=e.sha256) for e in entries if not e.is_dir]
+        # An empty Sha256 means "not published", not a digest to compare with.
+        return [RemoteFile(e.path, e.size, sha256=(e.sha256 or "").lower() or None) for e in entries if not e.is_dir]
 
     def download(self, commit: str, file: RemoteFile, workdir: Path) -> Downloaded:
+        check_stop = self.check_stop
+
+        class StopCheck(ProgressCallback):  # called per chunk: Ctrl-C abandons the transfer there
+            def update(self, size: int) -> None:
+                check_stop()
+
         with self._translated(commit, file.path):
-            path = self._api().download_file(
+            path = self._api().downloader.download_file(
                 self.repo,
-                RepoType.MODEL,
+                str(RepoType.MODEL),
                 file.path,
                 revision=commit,
                 local_dir=workdir,
                 expected_sha256=file.sha256,
                 file_size=file.size,
+                progress_callbacks=[StopCheck],
             )
         return Downloaded(Path(path))
 
@@ -85,10 +93,19 @@ class ModelScopeSource(ModelSource):
                 f"{where}: access denied (private or gated repo): set MODELSCOPE_API_TOKEN"
             ) from exc
         except ms_errors.NotExistError as exc:
-            raise errors.RepoNotFoundError(f"{where}:{what} not found at revision {revision!r} ({exc})") from exc
+            raise errors.RepoNotFoundError(f"{where}:{what} not found at revision {revision!r} ({_line(exc)})") from exc
         except ms_errors.FileIntegrityError as exc:
-            raise errors.IntegrityError(self.model, path or "?", f"the client's own check failed: {exc}") from exc
+            raise errors.IntegrityError(
+                self.model, path or "?", f"the client's own check failed: {_line(exc)}"
+            ) from exc
         except ms_errors.NetworkError as exc:
-            raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({exc})") from exc
+            raise errors.HubUnreachableError(f"{where}: hub unreachable{what} ({_line(exc)})") from exc
         except ms_errors.HubError as exc:
-            raise errors.SourceError(f"{where}:{what} {exc}") from exc
+            raise errors.SourceError(f"{where}:{what} {_line(exc)}") from exc
+        except (ValueError, TypeError, KeyError) as exc:  # the client could not parse what the hub sent
+            raise errors.SourceError(f"{where}: malformed answer{what}: {type(exc).__name__}: {_line(exc)}") from exc
+
+
+def _line(exc: Exception) -> str:
+    """The client's message without the request/response dump it appends on further lines."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

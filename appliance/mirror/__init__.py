@@ -1,4 +1,7 @@
-"""Local hub mirror: one HTTP server speaking the Hugging Face and ModelScope download protocols.
+"""Hub mirror: one HTTP server speaking the Hugging Face and ModelScope download protocols.
+
+An operator feature (`appliance mirror serve` serves a verified store to the hosts of an isolated
+site: `store.repos_from_store`) that the tests and the CI job also use, with generated tiny models.
 
 Implements the requests of huggingface_hub 2.4.0 and modelscope 1.40.2 (which delegates to
 modelscope_hub 0.5.1), read from their source; see `hf` and `modelscope` for the endpoints. The two

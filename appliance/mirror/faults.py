@@ -9,6 +9,8 @@ one:
   then the connection is closed. Persistent: resuming never gets past that offset.
 - `drop_after`: `{key: N}` — the connection is closed after N body bytes of a response, for the first
   `drop_times` responses of that file; later responses (e.g. the resume) are complete.
+- `throttle`: `{key: bytes_per_second}` — bodies trickle out at that rate (a slow link, for
+  interrupting a transfer in flight).
 - `wrong_sha256`: listings advertise a wrong hash (HF tree `lfs.oid`, or `oid` for non-LFS files;
   ModelScope `Sha256`); the bytes served are the real ones.
 - `extra_listing`: entries appended to root listings, to feed hostile paths (`../etc/passwd`,
@@ -34,6 +36,7 @@ class Faults:
     truncate: set[FaultKey] = field(default_factory=set)
     drop_after: dict[FaultKey, int] = field(default_factory=dict)
     drop_times: int = 1
+    throttle: dict[FaultKey, int] = field(default_factory=dict)
     extra_listing: list[dict[str, Any]] = field(default_factory=list)
     wrong_sha256: set[FaultKey] = field(default_factory=set)
     status: dict[FaultKey, int] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -51,6 +52,7 @@ class BodyPlan:
     end: int  # exclusive: what Content-Length promises
     stop: int  # exclusive: where we really stop sending (< end means a short body, then close)
     flip_at: int | None
+    rate: int | None = None  # bytes per second, None: as fast as the socket takes them
 
 
 def plan_body(
@@ -64,7 +66,7 @@ def plan_body(
     if drop is not None and start + drop < stop and take_drop(repo_id, f.path):
         stop = start + drop
     flip_at = f.size // 2 if hits(faults.flip_byte, repo_id, f.path) and f.size else None
-    return BodyPlan(start, end, stop, flip_at)
+    return BodyPlan(start, end, stop, flip_at, lookup(faults.throttle, repo_id, f.path))
 
 
 def send_body(handler: BaseHTTPRequestHandler, f: MirrorFile, plan: BodyPlan) -> None:
@@ -76,11 +78,19 @@ def send_body(handler: BaseHTTPRequestHandler, f: MirrorFile, plan: BodyPlan) ->
             handler.wfile.write(bytes([os.pread(fh.fileno(), 1, plan.flip_at)[0] ^ 0xFF]))
             _sendfile(sock, fh, plan.flip_at + 1, plan.stop - plan.flip_at - 1)
         else:
-            _sendfile(sock, fh, plan.start, plan.stop - plan.start)
+            _sendfile(sock, fh, plan.start, plan.stop - plan.start, plan.rate)
     if plan.stop < plan.end:
         handler.close_connection = True
 
 
-def _sendfile(sock, fh, offset: int, count: int) -> None:
-    if count > 0:
-        sock.sendfile(fh, offset, count)
+def _sendfile(sock, fh, offset: int, count: int, rate: int | None = None) -> None:
+    if rate is None:
+        if count > 0:
+            sock.sendfile(fh, offset, count)
+        return
+    piece = max(1, rate // 20)
+    while count > 0:  # a twentieth of the rate every 50 ms
+        n = min(piece, count)
+        sock.sendfile(fh, offset, n)
+        offset, count = offset + n, count - n
+        time.sleep(0.05)
