@@ -58,8 +58,10 @@ def test_new_key_is_private_and_has_an_id(tmp_path: Path) -> None:
     pair = signing.new_key(tmp_path / "k" / "signing.key")
     assert stat.S_IMODE(pair.private.stat().st_mode) == 0o600
     assert pair.public.name == "signing.key.pub" and b"PUBLIC KEY" in pair.public.read_bytes()
-    assert pair.key_id == signing.key_id(signing.load_public(pair.public)) == signing.key_id(
-        signing.load_public(pair.private)
+    assert (
+        pair.key_id
+        == signing.key_id(signing.load_public(pair.public))
+        == signing.key_id(signing.load_public(pair.private))
     )
     with pytest.raises(SigningError, match="exists already"):
         signing.new_key(pair.private)
