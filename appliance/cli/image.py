@@ -273,6 +273,14 @@ def save(
         int | None,
         typer.Option(help="Release stamp (default: $APPLIANCE_RELEASE_STAMP, else the checkout's commit time)."),
     ] = None,
+    since: Annotated[
+        Path | None,
+        typer.Option(
+            "--since",
+            help="bundle.json of the bundle the site has: write a delta (only new layers + a recipe), not the tar.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Save the image as dist/ocr-appliance-PROFILE.tar (docker-archive, byte-reproducible) with
     dist/bundle.json (layer per model, lock digests, disk needs, probe values), dist/sbom.cdx.json
@@ -288,11 +296,25 @@ def save(
     from appliance.image.bundle import save as save_bundle
     from appliance.image.tools import pick_builder
 
+    if since is not None and sign is None:
+        raise ApplianceError("--since needs --sign KEY: the site checks the rebuilt tar against the signed manifest")
     started = time.monotonic()
     result = save_bundle(
         Catalog(manifests), profile, dist, ref=tag, builder=pick_builder(builder.lower()), key=sign, stamp=stamp
     )
     data = result.bundle
+    if since is not None:
+        from appliance.image.delta import LAYERS_DIR, make_delta
+
+        delta = make_delta(dist, since, dist)
+        shipped = sum((dist / LAYERS_DIR / f"{d.removeprefix('sha256:')}.tar").stat().st_size
+                      for d in delta["shipped_layers"])  # fmt: skip
+        out.print(
+            f"{dist}: delta from {delta['base']['image']} ({delta['base']['archive']['sha256'][:16]}): "
+            f"{len(delta['shipped_layers'])} new layer(s), {human_bytes(shipped)} instead of "
+            f"{human_bytes(data['archive']['size'])}; on the site: appliance bundle apply OLD_DIST {dist} --key PUB"
+        )
+        return
     out.print(f"{result.archive}: {human_bytes(data['archive']['size'])}, sha256 {data['archive']['sha256']}")
     for model, info in data["models"].items():
         out.print(f"  {model}: layer {info['layer'][:19]} (lock {info['lock_digest'][:19]})")
@@ -375,3 +397,27 @@ def verify(
             f"[yellow]warning:[/] {human_bytes(report.free_bytes)} free for the container storage; "
             f"loading needs about {human_bytes(need)}"
         )
+
+
+@bundle_app.command()
+def apply(
+    old_dist: Annotated[Path, typer.Argument(help="The bundle the site has (its full dist/).", exists=True)],
+    delta_dist: Annotated[Path, typer.Argument(help="The delta (image save --since).", exists=True)],
+    key: Annotated[Path, typer.Option("--key", help="The offline key's .pub (the delta must be signed by it).")],
+    installed: InstalledOpt = None,
+) -> None:
+    """Rebuild the new image's tar from the old bundle and a delta, byte-identical to a full save:
+    the delta must be signed by --key, OLD_DIST must be (by its signed manifest) the base the delta
+    names, every copied layer must hash to its diff id and the result to the signed sha256. The tar
+    lands in DELTA_DIST only then (written to a temp file first); nothing is left behind on refusal.
+
+    Example (on the isolated host):
+
+      appliance bundle apply /srv/appliance/dist /media/usb/delta --key /etc/appliance/signing.pub
+      docker load -i /media/usb/delta/ocr-appliance-gpu-24gb.tar
+    """
+    from appliance.image.delta import apply as apply_delta
+
+    started = time.monotonic()
+    target = apply_delta(old_dist, delta_dist, key, installed)
+    out.print(f"{target}: rebuilt, sha256 matches the signed manifest ({time.monotonic() - started:.1f}s)")
