@@ -149,3 +149,16 @@ def test_cli_save_since_needs_a_key_and_apply_reports(
     done = runner.invoke(app, ["bundle", "apply", str(old), str(delta), "--key", str(pub)])
     assert done.exit_code == 0, done.output
     assert "sha256 matches the signed manifest" in done.output
+
+
+def test_delta_in_place_as_image_save_since_writes_it(
+    tmp_path: Path, catalog: Catalog, key: Path, pub: Path, old: Path
+) -> None:
+    new = tmp_path / "new"
+    signed_dist(new, catalog, key, stamp=2000, seeds=V2)
+    full = (new / ARCHIVE).read_bytes()
+    make_delta(new, old / "bundle.json", new)
+    assert not (new / ARCHIVE).exists()
+    sums = (new / "SHA256SUMS").read_text()
+    assert f"  {ARCHIVE}\n" in sums and f"  {DELTA_FILE}\n" in sums and f"  {LAYERS_DIR}/" in sums
+    assert apply(old, new, pub).read_bytes() == full
