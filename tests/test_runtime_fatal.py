@@ -66,3 +66,62 @@ def test_handler_error_still_acknowledges(tmp_path: Path) -> None:
     run({"essential-a"}, stdin, stdout, tmp_path, shutdown=boom)
     assert stdout.getvalue() == "READY\nRESULT 2\nOKREADY\n"  # never leave supervisord waiting
     assert read_fatal(tmp_path) is not None
+
+
+def _exited(program: str, serial: int, expected: int = 0) -> str:
+    payload = f"processname:{program} groupname:{program} from_state:RUNNING expected:{expected} pid:{100 + serial}"
+    return _event("PROCESS_STATE_EXITED", payload, serial)
+
+
+def _drive_exits(events: list[str], run_dir: Path, retries: int = 2) -> tuple[list[str], list[str]]:
+    stdin, stdout = io.StringIO("".join(events)), io.StringIO()
+    shutdowns: list[str] = []
+    stopped: list[str] = []
+    run(
+        {"essential-a", "gateway"},
+        stdin,
+        stdout,
+        run_dir,
+        shutdown=lambda: shutdowns.append("shutdown"),
+        retries={"essential-a": retries, "optional-b": retries},
+        stop=stopped.append,
+    )
+    assert stdout.getvalue().count("RESULT 2\nOK") == len(events)
+    return shutdowns, stopped
+
+
+def _start(model: str, run_dir: Path, *, ready: bool) -> None:
+    phases.write_phase(model, "verifying", port=9, pid=5, run_dir=run_dir)
+    phases.write_phase(model, "loading", port=9, pid=5, run_dir=run_dir)
+    if ready:
+        phases.write_phase(model, "ready", port=9, pid=5, run_dir=run_dir)
+    phases.write_phase(model, "loading", port=9, pid=5, detail="vLLM exited", run_dir=run_dir)  # the watcher
+
+
+def test_essential_exiting_while_loading_past_its_retries_ends_the_appliance(tmp_path: Path) -> None:
+    """RUNNING after a few seconds, a model dying while it loads is a failed start for the listener:
+    with 2 retries the third exit before ready shuts the appliance down (supervisord alone would
+    restart it forever)."""
+    _start("essential-a", tmp_path, ready=False)
+    shutdowns, _ = _drive_exits([_exited("essential-a", 1), _exited("essential-a", 2)], tmp_path)
+    assert shutdowns == [] and read_fatal(tmp_path) is None
+    _start("essential-a", tmp_path, ready=False)
+    shutdowns, _ = _drive_exits([_exited("essential-a", n) for n in (1, 2, 3)], tmp_path)
+    assert shutdowns == ["shutdown"]
+    fatal = read_fatal(tmp_path)
+    assert fatal is not None and fatal["model"] == "essential-a" and "exited before ready" in str(fatal["reason"])
+
+
+def test_exits_after_ready_and_expected_exits_are_not_failed_starts(tmp_path: Path) -> None:
+    _start("essential-a", tmp_path, ready=True)  # served, then crashed: supervisord's restart is right
+    events = [_exited("essential-a", n) for n in (1, 2, 3, 4)] + [_exited("essential-a", 5, expected=1)]
+    shutdowns, stopped = _drive_exits(events, tmp_path)
+    assert shutdowns == [] and stopped == [] and read_fatal(tmp_path) is None
+
+
+def test_optional_exiting_while_loading_is_stopped_and_marked_failed(tmp_path: Path) -> None:
+    _start("optional-b", tmp_path, ready=False)
+    shutdowns, stopped = _drive_exits([_exited("optional-b", n) for n in (1, 2)], tmp_path, retries=1)
+    assert shutdowns == [] and stopped == ["optional-b"] and read_fatal(tmp_path) is None
+    record = phases.read_phase("optional-b", tmp_path)
+    assert record is not None and record.phase == "failed" and "exited before ready" in record.detail

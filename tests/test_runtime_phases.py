@@ -220,10 +220,27 @@ def test_prepare_verifies_then_fails_on_damage(tmp_path: Path, run: Path) -> Non
 
     (model_dir / "config.json").write_text("{}")  # wrong size
     shutil.copy(model_dir / "tokenizer.json", model_dir / "extra.json")
-    with pytest.raises(LaunchError, match=r"fast verify .* failed: .*config\.json: size"):
+    with pytest.raises(LaunchError, match=r"deep verify .* failed: .*config\.json: size"):
         prepare(PADDLE.name, _command(model_dir, PADDLE.port), CATALOG, PROFILE, run)
     record = phases.read_phase(PADDLE.name, run)
     assert record is not None and record.phase == "failed" and "extra.json" in record.detail
+
+
+def test_prepare_finds_a_flipped_byte_unless_told_fast(tmp_path: Path, run: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Same size, one byte changed: only the default deep verify sees it, and names the file."""
+    model_dir = tmp_path / "store" / PADDLE.name
+    generate(PADDLE.manifest.engine, model_dir)
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(LaunchError, match=r"deep verify .* failed: .*model\.safetensors: sha256"):
+        prepare(PADDLE.name, _command(model_dir, PADDLE.port), CATALOG, PROFILE, run)
+    monkeypatch.setenv("APPLIANCE_VERIFY", "fast")
+    prepare(PADDLE.name, _command(model_dir, PADDLE.port), CATALOG, PROFILE, run)
+    monkeypatch.setenv("APPLIANCE_VERIFY", "sloppy")
+    with pytest.raises(LaunchError, match="APPLIANCE_VERIFY='sloppy'"):
+        prepare(PADDLE.name, _command(model_dir, PADDLE.port), CATALOG, PROFILE, run)
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def test_essential_model_that_cannot_start_stops_the_appliance(tmp_path: Path) -
     assert code == 3, log[-4000:]
     assert f"error: appliance stopped: {first.name} went FATAL" in log
     fatal = read_fatal(stack.run_dir)
-    assert fatal is not None and fatal["model"] == first.name and "fast verify" in str(fatal["reason"])
+    assert fatal is not None and fatal["model"] == first.name and "deep verify" in str(fatal["reason"])
     attempts = [r for r in _history(stack) if r.model == first.name and r.phase == "verifying"]
     conf = stack.conf.read_text()
     retries = int(conf.split(f"[program:{first.name}]")[1].split("startretries=")[1].split()[0])

@@ -61,7 +61,9 @@ PythonVersionOpt = Annotated[
 @app.command()
 def render(
     profile: ProfileOpt = constants.DEFAULT_PROFILE,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "--out", "-o", help="Write here instead of stdout.")
+    ] = None,
     check: Annotated[bool, typer.Option(help="Exit 1 if --output differs from the rendering (CI).")] = False,
     base_image: BaseOpt = None,
     vllm_python: VllmPythonOpt = None,

@@ -190,11 +190,14 @@ def launch(
 @runtime_app.command("fatal-listener")
 def fatal_listener(
     essential: Annotated[str, typer.Option(help="Comma-separated programs whose FATAL stops the appliance.")] = "",
+    start_retries: Annotated[
+        str, typer.Option(help="model=N,…: exits before ready tolerated per model (then handled as FATAL).")
+    ] = "",
 ) -> None:
-    """supervisord event listener for PROCESS_STATE_FATAL (speaks the protocol on stdin/stdout)."""
-    from appliance.runtime.fatal import run
+    """supervisord event listener for PROCESS_STATE_FATAL and _EXITED (the protocol on stdin/stdout)."""
+    from appliance.runtime.fatal import parse_retries, run
 
-    run({name for name in essential.split(",") if name}, sys.stdin, sys.stdout)
+    run({name for name in essential.split(",") if name}, sys.stdin, sys.stdout, retries=parse_retries(start_retries))
 
 
 @runtime_app.command("status")

@@ -2,7 +2,10 @@
 
 A docker-archive (`podman save --format docker-archive`, `docker save`) holds `manifest.json`
 (config file name, tags, layer file names in order), the image config (`<id>.json`: history and
-`rootfs.diff_ids`, the sha256 of each uncompressed layer) and one tar per layer. One pass over
+`rootfs.diff_ids`, the sha256 of each uncompressed layer) and one tar per layer. Docker Engine 25
+and later save an OCI image layout instead (`index.json`, `oci-layout`, `blobs/sha256/<hex>`) with
+the same `manifest.json` beside it, whose config and layers are blobs without a `.json` suffix:
+small blobs are kept and parsed too, so both shapes read the same way. One pass over
 the tarball gives the sha256 of the whole file and of every member, so `bundle verify` reads a
 multi-gigabyte archive exactly once.
 """
@@ -22,6 +25,7 @@ from appliance.image.layout import MODELS_LABEL, TINI
 
 CHUNK = 1 << 20
 _JSON_LIMIT = 16 << 20
+_BLOB_LIMIT = 4 << 20  # an OCI-layout config blob: kept if it parses as JSON (layers are larger or not JSON)
 
 
 class _HashingReader:
@@ -101,7 +105,8 @@ def _scan_member(scan: ArchiveScan, tar: tarfile.TarFile, member: tarfile.TarInf
     handle = tar.extractfile(member)
     assert handle is not None
     sha, size = hashlib.sha256(), 0
-    keep = member.name.endswith(".json") and member.size <= _JSON_LIMIT
+    blob = member.name.startswith("blobs/")
+    keep = (member.name.endswith(".json") and member.size <= _JSON_LIMIT) or (blob and member.size <= _BLOB_LIMIT)
     parts: list[bytes] = []
     while chunk := handle.read(CHUNK):
         sha.update(chunk)
@@ -115,7 +120,8 @@ def _scan_member(scan: ArchiveScan, tar: tarfile.TarFile, member: tarfile.TarInf
         try:
             scan.json[member.name] = json.loads(b"".join(parts))
         except ValueError:
-            scan.json[member.name] = None
+            if not blob:  # a small layer blob is not JSON, and not an error
+                scan.json[member.name] = None
 
 
 # --- layers and their roles ----------------------------------------------------------------------

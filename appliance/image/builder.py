@@ -1,11 +1,17 @@
 """`appliance image build` and `appliance image base`: stage a context, run the builder, report layers.
 
-Builder: `docker build` when a Docker daemon answers, otherwise `buildah bud --isolation chroot
---layers --timestamp 0` (DESIGN §4, §8). `--timestamp 0` sets every file's mtime and the created
-dates to the epoch, so the same store, locks and code give the same layer digests; `--layers`
-caches each step, so an unchanged model is not copied again. The docker path passes
-SOURCE_DATE_EPOCH with BuildKit's `rewrite-timestamp` for the same effect (not exercised here:
-no daemon on this machine class).
+Builder: Docker when a daemon answers, otherwise `buildah bud --isolation chroot --layers
+--timestamp 0` (DESIGN §4, §8). `--timestamp 0` sets every file's mtime and the created dates to
+the epoch, so the same store, locks and code give the same layer digests; `--layers` caches each
+step, so an unchanged model is not copied again.
+
+Docker comes in the shapes operators have, and none may reach a registry (`--pull=false`, no
+`# syntax=` frontend): with buildx, `docker buildx build` with SOURCE_DATE_EPOCH and BuildKit's
+`rewrite-timestamp` (reproducible layers); without it (Debian's docker.io has no buildx), the
+legacy builder, which cannot pin timestamps — the build says so, and the image's
+`appliance.reproducible-layers=false` label carries it into bundle.json. Handing a buildah-built
+image to the daemon would keep digests stable but needs the base in podman's storage, where an
+operator's `vllm/vllm-openai` is not; building where the base already is wins.
 """
 
 from __future__ import annotations
@@ -23,13 +29,28 @@ from appliance.errors import ImageError
 from appliance.image import context, dockerfile
 from appliance.image.archive import Layer, layers_of, model_layers
 from appliance.image.bases import CI_BASE_IMAGE, BaseImage, base_image
-from appliance.image.layout import MODELS_LABEL
-from appliance.image.tools import image_exists, pick_builder, run
+from appliance.image.layout import BUILDER_LABEL, MODELS_LABEL, REPRODUCIBLE_LABEL
+from appliance.image.tools import docker_buildx, image_exists, pick_builder, run, warn
 from appliance.manifest import Catalog
 
 
+def build_labels(builder: str) -> dict[str, str]:
+    """The labels recording how the image was built (bundle.json's `build`)."""
+    return {BUILDER_LABEL: builder, REPRODUCIBLE_LABEL: "false" if builder == "docker-legacy" else "true"}
+
+
+def _label_flags(labels: dict[str, str] | None) -> list[str]:
+    return [flag for key, value in (labels or {}).items() for flag in ("--label", f"{key}={value}")]
+
+
 def buildah_bud(
-    context_dir: Path, dockerfile_path: Path, ref: str, *, no_cache: bool = False, fmt: str = "docker"
+    context_dir: Path,
+    dockerfile_path: Path,
+    ref: str,
+    *,
+    no_cache: bool = False,
+    fmt: str = "docker",
+    labels: dict[str, str] | None = None,
 ) -> list[str]:
     """`fmt` docker: OCI configs have no HEALTHCHECK. But buildah's docker-format config records the
     id of the build container, so only the layers (not the image id) are reproducible; a base
@@ -43,24 +64,41 @@ def buildah_bud(
         "--pull=never",  # no registry: the base must be local
         "-f", str(dockerfile_path),
         "-t", ref,
+        *_label_flags(labels),
     ]  # fmt: skip
     if no_cache:
         cmd.append("--no-cache")
     return [*cmd, str(context_dir)]
 
 
-def docker_build(context_dir: Path, dockerfile_path: Path, ref: str, *, no_cache: bool = False) -> list[str]:
-    cmd = [
-        "docker", "build",
-        "--build-arg", f"SOURCE_DATE_EPOCH={dockerfile.SOURCE_DATE_EPOCH}",
-        "--output", "type=docker,rewrite-timestamp=true",
-        "--pull=false",
-        "-f", str(dockerfile_path),
-        "-t", ref,
-    ]  # fmt: skip
+def docker_build(
+    context_dir: Path,
+    dockerfile_path: Path,
+    ref: str,
+    *,
+    no_cache: bool = False,
+    buildx: bool = True,
+    labels: dict[str, str] | None = None,
+) -> list[str]:
+    """buildx: BuildKit, timestamps rewritten to SOURCE_DATE_EPOCH, loaded into the daemon.
+    Otherwise the legacy builder (run with DOCKER_BUILDKIT=0: see `docker_env`)."""
+    if buildx:
+        cmd = [
+            "docker", "buildx", "build",
+            "--build-arg", f"SOURCE_DATE_EPOCH={dockerfile.SOURCE_DATE_EPOCH}",
+            "--output", "type=docker,rewrite-timestamp=true",
+        ]  # fmt: skip
+    else:
+        cmd = ["docker", "build"]
+    cmd += ["--pull=false", "-f", str(dockerfile_path), "-t", ref, *_label_flags(labels)]
     if no_cache:
         cmd.append("--no-cache")
     return [*cmd, str(context_dir)]
+
+
+def docker_env(buildx: bool) -> dict[str, str] | None:
+    """The legacy builder must be asked for: a client with BuildKit by default but no buildx fails."""
+    return None if buildx else {**os.environ, "DOCKER_BUILDKIT": "0"}
 
 
 def inspect_layers(ref: str, builder: str = "buildah") -> tuple[str, list[Layer]]:
@@ -156,8 +194,19 @@ def build(
         timings["stage code"] = time.monotonic() - started
 
         started = time.monotonic()
-        make = docker_build if builder == "docker" else buildah_bud
-        run(make(ctx, dockerfile_path, ref, no_cache=no_cache), f"{builder} build of {ref}", quiet=quiet)
+        if builder == "docker":
+            buildx = docker_buildx()
+            kind = "docker-buildx" if buildx else "docker-legacy"
+            if not buildx:
+                warn(
+                    "docker has no buildx: the legacy builder runs, and it cannot pin layer timestamps, "
+                    "so the same lock may give other layer digests (recorded in bundle.json: build)"
+                )
+            cmd = docker_build(ctx, dockerfile_path, ref, no_cache=no_cache, buildx=buildx, labels=build_labels(kind))
+            run(cmd, f"docker build of {ref}", quiet=quiet, env=docker_env(buildx))
+        else:
+            cmd = buildah_bud(ctx, dockerfile_path, ref, no_cache=no_cache, labels=build_labels("buildah"))
+            run(cmd, f"buildah build of {ref}", quiet=quiet)
         timings["build"] = time.monotonic() - started
     finally:
         if not keep_context:

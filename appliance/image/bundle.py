@@ -26,7 +26,7 @@ from appliance import __version__
 from appliance.errors import BundleError, ImageError, LockError, SigningError
 from appliance.image import dockerfile, release
 from appliance.image.archive import ArchiveScan, Layer, labels_of, layers_of, model_layers, models_of, scan_archive
-from appliance.image.layout import BASE_LABEL
+from appliance.image.layout import BASE_LABEL, BUILDER_LABEL, REPRODUCIBLE_LABEL
 from appliance.image.tools import run
 from appliance.manifest import Catalog
 from appliance.probes import probe_values
@@ -94,7 +94,8 @@ def bundle_data(scan: ArchiveScan, ref: str, catalog: Catalog, profile_name: str
         "image_id": "sha256:" + config_name.removesuffix(".json").rsplit("/", 1)[-1],
         "profile": profile.name,
         "base_image": labels_of(scan.config or {}).get(BASE_LABEL, profile.base_image),
-        "archive": {"file": scan.path.name, "format": "docker-archive", "size": scan.size, "sha256": scan.sha256},
+        "archive": {"file": scan.path.name, "format": archive_format(scan), "size": scan.size, "sha256": scan.sha256},
+        "build": build_record(labels_of(scan.config or {})),
         "disk": {
             "archive_bytes": scan.size,
             "layer_bytes": sum(la.size or 0 for la in layers),
@@ -104,6 +105,21 @@ def bundle_data(scan: ArchiveScan, ref: str, catalog: Catalog, profile_name: str
         "models": models,
         "layers": [la.to_dict() for la in layers],
         "probes": probe_values(catalog, profile).to_dict(),
+    }
+
+
+def archive_format(scan: ArchiveScan) -> str:
+    """`docker-archive`, or `oci-layout` for Docker Engine ≥ 25's save (index.json + blobs/ beside
+    the same manifest.json)."""
+    return "oci-layout" if "index.json" in scan.members and "oci-layout" in scan.members else "docker-archive"
+
+
+def build_record(labels: dict[str, str]) -> dict[str, Any]:
+    """Which builder made the image and whether its layers are reproducible (same lock → same digest)."""
+    reproducible = labels.get(REPRODUCIBLE_LABEL)
+    return {
+        "builder": labels.get(BUILDER_LABEL, "unknown"),
+        "reproducible_layers": None if reproducible is None else reproducible == "true",
     }
 
 

@@ -26,6 +26,8 @@ from appliance.image.bases import APPLIANCE_GID, APPLIANCE_UID, BaseImage, base_
 from appliance.image.layout import (
     BASE_LABEL,
     CACHE_DIR,
+    CTL_CONF,
+    CTL_DEFAULT,
     MANIFESTS,
     MODELS_LABEL,
     MODELS_ROOT,
@@ -115,8 +117,8 @@ def render(catalog: Catalog, profile: Profile, base: BaseImage | None = None) ->
         MODELS_LABEL: ",".join(models),
     }
     label_block = "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())
+    # No `# syntax=` line: BuildKit would pull that frontend image from Docker Hub at build time.
     return f"""\
-# syntax=docker/dockerfile:1
 # Dockerfile.offline for profile {profile.name}. Rendered by `appliance image render --profile {profile.name}`:
 # do not edit. Built by `appliance image build`, which stages the context this file expects:
 #   models/<name>/   one layer per model: the verified store's files + its manifest and lock
@@ -147,7 +149,8 @@ RUN set -eu; \\
     {pip} install --no-deps --ignore-installed --root /stage /tmp/code/*.whl; \\
     mkdir -p /stage{MANIFESTS.parent} /stage{SUPERVISORD_CONF.parent}; \\
     cp -R /tmp/code/manifests /stage{MANIFESTS}; \\
-    cp /tmp/code/supervisord.conf /stage{SUPERVISORD_CONF}
+    cp /tmp/code/supervisord.conf /stage{SUPERVISORD_CONF}; \\
+    ln -s {RUN_DIR}/{CTL_CONF} /stage{CTL_DEFAULT}
 
 # --- the image -----------------------------------------------------------------------------------
 FROM ${{BASE_IMAGE}}

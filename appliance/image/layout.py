@@ -8,10 +8,14 @@ from appliance.runtime.vllm_args import MODELS_ROOT
 
 __all__ = [
     "BASE_LABEL",
+    "BUILDER_LABEL",
     "CACHE_DIR",
+    "CTL_CONF",
+    "CTL_DEFAULT",
     "MANIFESTS",
     "MODELS_LABEL",
     "MODELS_ROOT",
+    "REPRODUCIBLE_LABEL",
     "RUN_DIR",
     "SUPERVISORD_CONF",
     "TINI",
@@ -22,8 +26,16 @@ VENV = PurePosixPath("/opt/appliance/venv")  # the appliance's own venv; the bas
 MANIFESTS = PurePosixPath("/opt/appliance/manifests")
 SUPERVISORD_CONF = PurePosixPath("/etc/appliance/supervisord.conf")
 RUN_DIR = PurePosixPath("/run/appliance")
+CTL_CONF = "supervisorctl.conf"  # written by `appliance boot` into RUN_DIR with this boot's credentials
+# Where a bare `supervisorctl` looks (supervisor.options.ClientOptions searchpaths): a symlink to the
+# run dir's conf, so `docker exec CTR supervisorctl status` works as typed.
+CTL_DEFAULT = PurePosixPath("/etc/supervisord.conf")
 CACHE_DIR = PurePosixPath("/var/cache/appliance")
 TINI = PurePosixPath("/usr/local/bin/tini")
 # Image label listing the models in layer order (how a saved image's layers are mapped to models).
 MODELS_LABEL = "appliance.models"
 BASE_LABEL = "appliance.base-image"
+# Set by `appliance image build` (not the Dockerfile): which builder ran, and whether it could pin
+# layer timestamps so that the same lock gives the same layer digest.
+BUILDER_LABEL = "appliance.builder"
+REPRODUCIBLE_LABEL = "appliance.reproducible-layers"

@@ -60,6 +60,16 @@ def docker_daemon() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
+def docker_buildx() -> bool:
+    """Is the buildx plugin there (`docker buildx version`)? Debian's docker.io has none."""
+    return subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (build output goes there too)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def pick_builder(requested: str = "auto") -> str:
     """`docker` when a daemon answers, else `buildah` (DESIGN §4)."""
     if requested == "auto":

@@ -24,7 +24,7 @@ from appliance.runtime import phases
 from appliance.runtime.fatal import fatal_path, read_fatal
 from appliance.runtime.supervisor import SOCKET, render_supervisord_conf
 
-CTL_CONF = "supervisorctl.conf"
+CTL_CONF = "supervisorctl.conf"  # appliance.image.layout.CTL_DEFAULT points here
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -136,7 +136,7 @@ def boot(profile: str | None = None, conf: Path | None = None, run_dir: Path | N
     profile = profile or constants.profile_name()
     conf, env = prepare(profile, conf, run_dir)
     log(f"profile {profile}, run dir {run_dir}, conf {conf}")
-    log(f"control: supervisorctl -c {run_dir / CTL_CONF} status")
+    log(f"control: supervisorctl status (or: supervisorctl -c {run_dir / CTL_CONF} status)")
     relay = _stdio_relay()
     streams = {"stdout": relay.write_end, "stderr": relay.write_end} if relay else {}
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], env=env, **streams)

@@ -1,6 +1,6 @@
 """Boot sequencer: `appliance runtime launch MODEL -- CMD…`, supervisord's command for every model.
 
-    verifying  fast verify of the model folder (the `--model` of CMD) against its lock
+    verifying  verify the model folder (the `--model` of CMD) against its lock (deep: sha256)
     waiting    until the previous served model answers /health 200 — or is optional and dead
     loading    exec CMD (the vLLM server) in this very process, so supervisord's signals reach
                vLLM directly; a forked watcher polls /health and writes `ready`
@@ -28,7 +28,7 @@ from appliance.manifest import Catalog, Profile
 from appliance.runtime import phases
 from appliance.runtime.served import Served, served_models
 from appliance.store.lock import read_lock
-from appliance.store.verify import verify_fast
+from appliance.store.verify import verify_deep, verify_fast
 
 LOG_EVERY = 10.0  # seconds between "still waiting for …" lines
 POLL = 0.5  # seconds between /health polls while waiting or loading
@@ -198,6 +198,16 @@ def _spawn_watcher(model: str, port: int, run_dir: Path | None) -> None:
 # --- the command --------------------------------------------------------------------------------
 
 
+def verify_mode() -> str:
+    """APPLIANCE_VERIFY: `deep` (default) re-hashes every file before vLLM reads it — a flipped byte
+    keeps the size, and a damaged weight file loads without error; all launchers verify at once,
+    so only the first model's hashing delays the start. `fast`: sizes and the file set only."""
+    mode = os.environ.get("APPLIANCE_VERIFY", "deep").strip().lower() or "deep"
+    if mode not in ("deep", "fast"):
+        raise LaunchError(f"APPLIANCE_VERIFY={mode!r}: use deep or fast")
+    return mode
+
+
 def _fail(model: str, port: int, detail: str, run_dir: Path | None) -> NoReturn:
     phases.write_phase(model, "failed", port=port, detail=detail, pid=os.getpid(), run_dir=run_dir)
     raise LaunchError(f"{model}: {detail}")
@@ -228,13 +238,16 @@ def prepare(
     if lock is None:
         _fail(model, me.port, f"no lock at {catalog.lock_path(model)}", run_dir)
     started = time.monotonic()
-    problems = verify_fast(Path(model_dir), lock)
+    mode = verify_mode()
+    problems = (verify_deep if mode == "deep" else verify_fast)(Path(model_dir), lock)
     if problems:
         for problem in problems:
             log(model, f"verify: {problem}")
         shown = "; ".join(str(p) for p in problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        _fail(model, me.port, f"fast verify of {model_dir} failed: {shown}", run_dir)
-    log(model, f"verified {model_dir}: {len(lock.files)} files match the lock ({time.monotonic() - started:.2f} s)")
+        _fail(model, me.port, f"{mode} verify of {model_dir} failed: {shown}", run_dir)
+    what = "sha256 and size" if mode == "deep" else "size"
+    log(model, f"verified {model_dir}: {len(lock.files)} files match the lock by {what} "
+               f"({time.monotonic() - started:.2f} s)")  # fmt: skip
     why = "first in start order"
     if me is not order[0]:
         phases.write_phase(model, "waiting", port=me.port, pid=pid, run_dir=run_dir)

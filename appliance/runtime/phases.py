@@ -135,6 +135,16 @@ def read_history(run_dir: Path | None = None) -> list[PhaseRecord]:
     return [r for r in map(_parse, lines) if r is not None]
 
 
+def ready_since_start(model: str, run_dir: Path | None = None) -> bool:
+    """Did `model` reach `ready` since its launcher last started (its last `verifying`)? Read from the
+    history, so a watcher that already moved the record on after an exit cannot hide it."""
+    ready = False
+    for record in read_history(run_dir):
+        if record.model == model:
+            ready = record.phase == "ready" or (ready and record.phase != "verifying")
+    return ready
+
+
 def clear(run_dir: Path | None = None) -> None:
     """Forget a previous boot's phases (called by `appliance boot` before supervisord starts)."""
     directory = phases_dir(run_dir)

@@ -36,15 +36,16 @@ CONF_ENV = (
 )
 
 # --- timings ------------------------------------------------------------------------------------
-# startsecs: supervisord calls a program "started" once it stayed up startsecs. A vLLM server that
-#   dies *before* that (bad flag, OOM while loading, missing package) is a failed start: retried
-#   startretries times, then FATAL — and an essential FATAL stops the appliance. One that dies
-#   *after* it is restarted forever. So startsecs must cover everything before the server can be
-#   ready: its launcher waits for every model before it, then loads. Hence the sum of the measured
-#   cold starts up to and including this model, with START_MARGIN for a slower or busier host.
-START_MARGIN = 1.5
+# startsecs: supervisord calls a program RUNNING once it stayed up startsecs, and an exit before that
+#   a failed start (retried startretries times, then FATAL). A vLLM server loads for minutes, and
+#   `supervisorctl status` must not say STARTING for all that while /startupz says ready; so a
+#   model is RUNNING after MODEL_STARTSECS (its launcher is up: verified, waiting or loading — the
+#   phase says which), and an exit while still loading is counted as a failed start by the fatal
+#   listener instead (PROCESS_STATE_EXITED before `ready`, `--start-retries`), which ends the
+#   appliance as a FATAL would.
+MODEL_STARTSECS = 5
 # startretries: each retry can cost up to a cold start. Keep the time until a broken model is
-#   declared FATAL near FATAL_BUDGET seconds, but retry at least once (a transient failure) and at
+#   declared failed near FATAL_BUDGET seconds, but retry at least once (a transient failure) and at
 #   most MAX_RETRIES times (a start that failed four times will not work on the fifth).
 FATAL_BUDGET = 600
 MAX_RETRIES = 3
@@ -71,11 +72,9 @@ def _clamp(value: int, low: int, high: int) -> int:
 def program_timings(order: list[Served]) -> dict[str, Timings]:
     """supervisord timings of every served model (start order given) plus the gateway."""
     timings: dict[str, Timings] = {}
-    queue = 0.0
     for served in order:
-        queue += served.cold_start
         timings[served.name] = Timings(
-            startsecs=math.ceil(START_MARGIN * queue),
+            startsecs=MODEL_STARTSECS,
             startretries=_clamp(int(FATAL_BUDGET // served.cold_start) - 1, 1, MAX_RETRIES),
             stopwaitsecs=_clamp(math.ceil(STOP_FRACTION * served.cold_start), STOP_MIN, STOP_MAX),
         )
@@ -142,6 +141,7 @@ def render_supervisord_conf(catalog: Catalog, profile: Profile, models_root: Pur
     plan = plan_profile(catalog, profile)
     timings = program_timings(order)
     essential = sorted([s.name for s in order if s.essential] + [GATEWAY])
+    retries = ",".join(f"{s.name}={timings[s.name].startretries}" for s in order)
     run = "%(ENV_APPLIANCE_RUN_DIR)s"
     credentials = ["username=%(ENV_APPLIANCE_SUPERVISOR_USER)s", "password=%(ENV_APPLIANCE_SUPERVISOR_PASSWORD)s"]
     offline = dict(constants.OFFLINE_ENV)
@@ -150,7 +150,8 @@ def render_supervisord_conf(catalog: Catalog, profile: Profile, models_root: Pur
         "; Started by `appliance boot` (the container entrypoint), which sets every ENV_ variable used here.",
         "; Each model: `appliance runtime launch` verifies /models/<name> against its lock, waits until the",
         "; previous model answers /health, then execs the vLLM command shown. Phases: <run dir>/phases/.",
-        "; Operator: docker exec CONTAINER supervisorctl -c /run/appliance/supervisorctl.conf status",
+        "; Operator: docker exec CONTAINER supervisorctl status   (/etc/supervisord.conf points at the run dir's",
+        "; supervisorctl.conf, which `appliance boot` writes with this boot's credentials)",
         "",
         "[supervisord]",
         "nodaemon=true",
@@ -195,10 +196,11 @@ def render_supervisord_conf(catalog: Catalog, profile: Profile, models_root: Pur
         "; /livez /readyz /startupz and (later) the OCR API",
         *_program(GATEWAY, gateway_command, GATEWAY_PRIORITY, timings[GATEWAY], offline),
         "",
-        "; An essential program going FATAL stops supervisord; `appliance boot` then exits non-zero.",
+        "; An essential program going FATAL, or a model exiting before ready more than its startretries,",
+        "; stops supervisord; `appliance boot` then exits non-zero.",
         f"[eventlistener:{LISTENER}]",
-        f"command=appliance runtime fatal-listener --essential {','.join(essential)}",
-        "events=PROCESS_STATE_FATAL",
+        f"command=appliance runtime fatal-listener --essential {','.join(essential)} --start-retries {retries}",
+        "events=PROCESS_STATE_FATAL,PROCESS_STATE_EXITED",
         "autostart=true",
         "autorestart=true",
         "; stdout carries the event protocol",

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -176,6 +177,14 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up (a download client closing its pool, a resumed range) is normal for a
+        hub: one quiet line at most, never socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            return
+        print(f"mirror: {client_address[0]}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
     def close_connections(self) -> None:
         with self._open_lock:
