@@ -5,11 +5,11 @@ docker-archives; the deltas v1→v2 and v2→v3 rebuild tars byte-identical to t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from appliance.image.delta import LAYERS_DIR, apply, make_delta
 from appliance.manifest import Catalog
 from appliance.store.lock import read_lock
 from tests.conftest import REPO, ManifestDir
+from tests.docker_support import private_dockerd
 from tests.image_support import random_files, refetch, small_models, storage_conf
 
 pytestmark = pytest.mark.slow
@@ -73,38 +74,65 @@ def _save(catalog: Catalog, dist: Path, key: Path, stamp: int) -> dict:  # type:
     return bundle.save(catalog, "small", dist, ref=REF, builder="buildah", key=key, stamp=stamp).bundle
 
 
-def test_one_model_and_code_updates_round_trip_and_load(
-    containers: Path, tmp_path: Path, manifests: ManifestDir
-) -> None:
-    key = signing.new_key(tmp_path / "signing.key").private
+@dataclass(frozen=True)
+class Rebuilt:
+    root: Path
+    bundles: dict[str, dict]  # type: ignore[type-arg]  # v1, v2, v3 → bundle.json data
+    shipped: dict[str, str]  # d2, d3 → the one layer each delta ships
+    model_bytes: int  # of the updated model, from its lock
+
+
+@pytest.fixture(scope="module")
+def rebuilt(containers: Path, tmp_path_factory: pytest.TempPathFactory) -> Rebuilt:
+    """v1; v2 = one model changed; v3 = code changed: full signed saves, deltas d2 (v1→v2) and d3
+    (v2→v3) made from them and applied (d2, d3 then hold the rebuilt tars)."""
+    root = tmp_path_factory.mktemp("delta-images")
+    key = signing.new_key(root / "signing.key").private
     pub = signing.public_path(key)
-    catalog = small_models(manifests, tmp_path, {"m1": random_files(1), "m2": random_files(2)})
-    store = tmp_path / "store"
-    _build(tmp_path / "ctx", store, b"v1")
-    v1 = _save(catalog, tmp_path / "v1", key, 1000)
-    refetch(catalog, tmp_path, "m2", random_files(3, size=80_000))
-    _build(tmp_path / "ctx", store, b"v1")
-    v2 = _save(catalog, tmp_path / "v2", key, 2000)
-    _build(tmp_path / "ctx", store, b"v2 code")
-    v3 = _save(catalog, tmp_path / "v3", key, 3000)
-    archive = bundle.archive_name("small")
-    for old, new, full, changed in (("v1", "d2", "v2", v2["models"]["m2"]["layer"]), ("v2", "d3", "v3", None)):
-        delta = make_delta(tmp_path / full, tmp_path / old / "bundle.json", tmp_path / new)
-        [shipped] = delta["shipped_layers"]
-        layers = json.loads((tmp_path / full / "bundle.json").read_text())["layers"]
-        roles = {la["diff_id"]: la["role"] for la in layers}
-        assert roles[shipped] == ("model" if changed else "code")
-        assert changed in (None, shipped)
-        rebuilt = apply(tmp_path / old, tmp_path / new, pub)
-        assert rebuilt.read_bytes() == (tmp_path / full / archive).read_bytes(), f"{old} + {new} != {full}"
-        assert bundle.verify(tmp_path / new, key=pub).signed is not None
+    catalog = small_models(ManifestDir(root / "manifests"), root, {"m1": random_files(1), "m2": random_files(2)})
+    _build(root / "ctx", root / "store", b"v1")
+    bundles = {"v1": _save(catalog, root / "v1", key, 1000)}
+    refetch(catalog, root, "m2", random_files(3, size=80_000))
+    _build(root / "ctx", root / "store", b"v1")
+    bundles["v2"] = _save(catalog, root / "v2", key, 2000)
+    _build(root / "ctx", root / "store", b"v2 code")
+    bundles["v3"] = _save(catalog, root / "v3", key, 3000)
+    shipped = {}
+    for old, new, full in (("v1", "d2", "v2"), ("v2", "d3", "v3")):
+        [shipped[new]] = make_delta(root / full, root / old / "bundle.json", root / new)["shipped_layers"]
+        apply(root / old, root / new, pub)
+        assert bundle.verify(root / new, key=pub).signed is not None
     lock = read_lock(catalog.lock_path("m2"))
     assert lock is not None
-    shipped_bytes = sum(p.stat().st_size for p in (tmp_path / "d2" / LAYERS_DIR).iterdir())
-    assert shipped_bytes <= lock.total_size + 1_000_000, "target: the model's bytes + 1 MB"
-    # The rebuilt archive loads as the very image that was saved.
+    return Rebuilt(root, bundles, shipped, lock.total_size)
+
+
+ARCHIVE = bundle.archive_name("small")
+
+
+def test_one_model_and_code_updates_round_trip(rebuilt: Rebuilt) -> None:
+    root, bundles = rebuilt.root, rebuilt.bundles
+    assert rebuilt.shipped["d2"] == bundles["v2"]["models"]["m2"]["layer"]
+    roles = {la["diff_id"]: la["role"] for la in bundles["v3"]["layers"]}
+    assert roles[rebuilt.shipped["d3"]] == "code"
+    for delta, full in (("d2", "v2"), ("d3", "v3")):
+        assert (root / delta / ARCHIVE).read_bytes() == (root / full / ARCHIVE).read_bytes(), f"{delta} != {full}"
+    shipped_bytes = sum(p.stat().st_size for p in (root / "d2" / LAYERS_DIR).iterdir())
+    assert shipped_bytes <= rebuilt.model_bytes + 1_000_000, "target: the model's bytes + 1 MB"
+    assert len({b["image_id"] for b in bundles.values()}) == 3
+
+
+@pytest.mark.parametrize("delta", ["d2", "d3"])
+def test_rebuilt_archive_loads_with_podman(rebuilt: Rebuilt, delta: str) -> None:
+    full = {"d2": "v2", "d3": "v3"}[delta]
     _run("podman", "rmi", "-f", REF)
-    _run("podman", "load", "-q", "-i", str(tmp_path / "d3" / archive))
+    _run("podman", "load", "-q", "-i", str(rebuilt.root / delta / ARCHIVE))
     loaded = _run("podman", "image", "inspect", "--format", "{{.Id}}", REF).strip()
-    assert f"sha256:{loaded}" == v3["image_id"]
-    assert v1["image_id"] != v2["image_id"] != v3["image_id"]
+    assert f"sha256:{loaded}" == rebuilt.bundles[full]["image_id"]
+
+
+def test_rebuilt_archive_loads_with_docker_engine(rebuilt: Rebuilt) -> None:
+    with private_dockerd("delta") as daemon:
+        daemon.docker("load", "-i", str(rebuilt.root / "d3" / ARCHIVE))
+        loaded = daemon.docker("image", "inspect", "--format", "{{.Id}}", REF).stdout.strip()
+        assert loaded == rebuilt.bundles["v3"]["image_id"]
