@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 from appliance.cli import app
 from appliance.errors import BundleError
 from appliance.image import signing
-from appliance.image.bundle import verify
+from appliance.image.bundle import verify, write_bundle, write_release
 from appliance.image.delta import DELTA_FILE, LAYERS_DIR, apply, make_delta
 from appliance.manifest import Catalog
 from tests.conftest import REPO
 from tests.image_support import flip_byte, offset_of
-from tests.supply_support import MODELS, signed_dist
+from tests.supply_support import MODELS, REF, image_archive, signed_dist
+from tests.test_image_docker25 import docker25_archive
 
 ARCHIVE = "ocr-appliance-tiny-cpu.tar"
 V1 = dict.fromkeys(MODELS, 1)
@@ -162,3 +163,23 @@ def test_delta_in_place_as_image_save_since_writes_it(
     sums = (new / "SHA256SUMS").read_text()
     assert f"  {ARCHIVE}\n" in sums and f"  {DELTA_FILE}\n" in sums and f"  {LAYERS_DIR}/" in sums
     assert apply(old, new, pub).read_bytes() == full
+
+
+def test_docker25_oci_shape_signs_sboms_and_round_trips(tmp_path: Path, catalog: Catalog, key: Path, pub: Path):
+    """Docker ≥ 25's `docker save` shape (OCI layout + legacy manifest.json into blobs/)."""
+    dists = {}
+    for name, stamp, seeds in (("old25", 1000, V1), ("new25", 2000, V2)):
+        image_archive(tmp_path / f"{name}.tar", seeds)
+        dist = dists[name] = tmp_path / name
+        dist.mkdir()
+        (tmp_path / f"work-{name}").mkdir()
+        docker25_archive(tmp_path / f"{name}.tar", dist / ARCHIVE, tmp_path / f"work-{name}")
+        write_release(write_bundle(catalog, "tiny-cpu", dist / ARCHIVE, REF), catalog, key, stamp)
+        assert verify(dist, key=pub).signed is not None
+    sbom = json.loads((dists["new25"] / "sbom.cdx.json").read_text())
+    assert "pypi:/opt/vllm:vllm@0.33.0" in {c["bom-ref"] for c in sbom["components"]}
+    full = (dists["new25"] / ARCHIVE).read_bytes()
+    delta = tmp_path / "delta25"
+    [shipped] = make_delta(dists["new25"], dists["old25"] / "bundle.json", delta)["shipped_layers"]
+    assert shipped == json.loads((dists["new25"] / "bundle.json").read_text())["models"]["tiny-dots-ocr"]["layer"]
+    assert apply(dists["old25"], delta, pub).read_bytes() == full
