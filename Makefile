@@ -47,12 +47,13 @@ endif
 image: $(VENV)/.installed ## build PROFILE's image from ./store (one layer per model; buildah, or docker if a daemon answers)
 	$(APPLIANCE) image build --profile $(PROFILE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
-# The signing key: an operator's real one (SIGNING_KEY=/secure/appliance.key, see README), else a
-# throw-away key made once under work/keys/ (CI) — never use that one for a site.
-SIGNING_KEY ?= work/keys/throwaway.key
+# The signing key: an operator's real one (SIGNING_KEY=/secure/appliance.key, see README; never made
+# here, so a typo fails), else a throw-away key made once under work/keys/ (CI) — never for a site.
+THROWAWAY_KEY := work/keys/throwaway.key
+SIGNING_KEY ?= $(THROWAWAY_KEY)
 
 save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar, bundle.json, SBOM, signed manifest, SHA256SUMS) and verify it with the key
-	test -f $(SIGNING_KEY) || $(APPLIANCE) keys new $(SIGNING_KEY)
+	$(if $(filter $(THROWAWAY_KEY),$(SIGNING_KEY)),test -f $(SIGNING_KEY) || $(APPLIANCE) keys new $(SIGNING_KEY))
 	$(APPLIANCE) image save --profile $(PROFILE) --dist dist --sign $(SIGNING_KEY)
 	$(APPLIANCE) bundle verify dist --key $(SIGNING_KEY).pub
 

@@ -5,8 +5,9 @@ payload of a DSSE envelope (the in-toto / sigstore signature wrapper: the signat
 `DSSEv1 <len> <type> <len> <payload>`, so a payload cannot be reinterpreted as another type).
 The private key never leaves the build side; the isolated host holds only the `.pub` file.
 
-A key id is the sha256 of the raw 32-byte public key: short enough to read out over the phone
-when an operator compares the key a site was given with the one printed at `appliance keys new`.
+A key id is the sha256 (hex) of the raw 32-byte public key: what an operator reads out over the
+phone to compare the key a site was given with the one `appliance keys new` printed (refusals name
+its first 16 digits).
 """
 
 from __future__ import annotations
