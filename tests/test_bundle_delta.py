@@ -183,3 +183,23 @@ def test_docker25_oci_shape_signs_sboms_and_round_trips(tmp_path: Path, catalog:
     [shipped] = make_delta(dists["new25"], dists["old25"] / "bundle.json", delta)["shipped_layers"]
     assert shipped == json.loads((dists["new25"] / "bundle.json").read_text())["models"]["tiny-dots-ocr"]["layer"]
     assert apply(dists["old25"], delta, pub).read_bytes() == full
+
+
+def test_cli_save_since_writes_the_delta_in_place(
+    tmp_path: Path, catalog: Catalog, key: Path, pub: Path, old: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`image save --since`, podman save replaced by a synthetic image (real ones: test_bundle_delta_images)."""
+    from appliance.image import bundle, tools
+
+    def fake_save(_catalog, _profile, dist, *, ref, builder, key, stamp):  # type: ignore[no-untyped-def]
+        return signed_dist(dist, catalog, key, stamp=stamp, seeds=V2)
+
+    monkeypatch.setattr(bundle, "save", fake_save)
+    monkeypatch.setattr(tools, "pick_builder", lambda builder: "buildah")
+    delta = tmp_path / "delta"
+    args = ["image", "save", "--dist", str(delta), "--sign", str(key), "--stamp", "2000"]
+    done = CliRunner().invoke(app, [*args, "--since", str(old / "bundle.json")])
+    assert done.exit_code == 0, done.output
+    assert "1 new layer(s)" in done.output and "bundle apply" in done.output
+    assert not (delta / ARCHIVE).exists()
+    assert apply(old, delta, pub).is_file()
