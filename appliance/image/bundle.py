@@ -169,6 +169,8 @@ def write_release(result: SaveResult, catalog: Catalog, key: Path | None, stamp:
     write_atomic(dist / SBOM_FILE, build_sbom(result.archive, result.bundle, catalog, stamp))
     (dist / release.ENVELOPE).unlink(missing_ok=True)  # never leave a signature of an earlier save
     if key is None:
+        with open(dist / SUMS, "a") as sums:
+            sums.write(f"{_sha256_file(dist / SBOM_FILE)}  {SBOM_FILE}\n")
         return None
     return release.sign_dist(dist, key, stamp, [SBOM_FILE])
 
