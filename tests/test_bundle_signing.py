@@ -87,6 +87,7 @@ def test_signed_bundle_passes_and_is_reproducible(tmp_path: Path, catalog: Catal
 def test_unsigned_bundle_refused(tmp_path: Path, catalog: Catalog, pub: Path) -> None:
     signed_dist(tmp_path / "plain", catalog, None, stamp=1000)
     assert verify(tmp_path / "plain").signed is None  # without --key: the old checks only
+    assert "  sbom.cdx.json\n" in (tmp_path / "plain" / "SHA256SUMS").read_text()
     _refused(tmp_path / "plain", pub, "unsigned bundle", "bundle.dsse.json")
 
 
