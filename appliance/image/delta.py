@@ -117,8 +117,8 @@ def make_delta(full: Path, old_bundle: Path, out: Path) -> dict[str, Any]:
     return delta
 
 
-def _copy(source: BinaryIO, offset: int, size: int, sink: BinaryIO, diff_id: str, where: str) -> None:
-    """Copy one layer's bytes, refusing them unless they hash to its diff id."""
+def _copy(source: BinaryIO, offset: int, size: int, sink: BinaryIO, diff_id: str | None, where: str) -> None:
+    """Copy one layer's bytes; with its diff id, refuse them unless they hash to it."""
     sha = hashlib.sha256()
     source.seek(offset)
     left = size
@@ -126,11 +126,17 @@ def _copy(source: BinaryIO, offset: int, size: int, sink: BinaryIO, diff_id: str
         chunk = source.read(min(CHUNK, left))
         if not chunk:
             break
-        sha.update(chunk)
+        if diff_id is not None:
+            sha.update(chunk)
         sink.write(chunk)
         left -= len(chunk)
-    if left or f"sha256:{sha.hexdigest()}" != diff_id:
-        raise BundleError([f"layer {diff_id[:19]} of the {where} is damaged (its bytes do not hash to its diff id)"])
+    if left or (diff_id is not None and f"sha256:{sha.hexdigest()}" != diff_id):
+        raise BundleError([f"layer {diff_id or ''} of the {where} is damaged (its bytes do not hash to its diff id)"])
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
 
 
 class _HashingWriter:
@@ -184,16 +190,24 @@ def apply(old_dist: Path, delta_dist: Path, key: Path, installed: Path | None = 
     except (tarfile.TarError, OSError, KeyError, ValueError) as exc:
         raise BundleError([f"{old_tar}: unreadable as a docker-archive ({exc}): the base is damaged"]) from None
     try:
+        # One hash per byte on the way: the whole file's, against the signed sha256. Only when it
+        # differs are the layers hashed one by one, to name what is damaged.
         with open(partial, "wb") as raw, open(old_tar, "rb") as source:
             sink = _HashingWriter(raw)
             for segment in segments:
-                _write_segment(segment, sink, source, base_spans, delta_dist)  # type: ignore[arg-type]
+                _write_segment(segment, sink, source, base_spans, delta_dist, check=False)  # type: ignore[arg-type]
             raw.flush()
             os.fsync(raw.fileno())
         sha, size = sink.sha.hexdigest(), sink.size
         if (sha, size) != (new["archive"]["sha256"], new["archive"]["size"]):
+            with open(old_tar, "rb") as source:
+                for segment in segments:  # raises, naming the first damaged layer
+                    _write_segment(segment, _Discard(), source, base_spans, delta_dist, check=True)  # type: ignore[arg-type]
             want = new["archive"]["sha256"]
-            raise BundleError([f"the rebuilt tar has sha256 {sha} ({size} bytes), the signed manifest says {want}"])
+            raise BundleError(
+                [f"the rebuilt tar has sha256 {sha} ({size} bytes), the signed manifest says {want} (the recipe "
+                 f"{DELTA_FILE} is damaged: every layer is intact)"]
+            )  # fmt: skip
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -201,17 +215,18 @@ def apply(old_dist: Path, delta_dist: Path, key: Path, installed: Path | None = 
 
 
 def _write_segment(
-    segment: list[Any], sink: BinaryIO, source: BinaryIO, base: dict[str, LayerSpan], delta_dist: Path
+    segment: list[Any], sink: BinaryIO, source: BinaryIO, base: dict[str, LayerSpan], delta_dist: Path, check: bool
 ) -> None:
     if segment[0] == "bytes":
         sink.write(base64.b64decode(segment[1]))
         return
     _, diff_id, size = segment
+    check_id = diff_id if check else None
     shipped = delta_dist / LAYERS_DIR / f"{diff_id.removeprefix('sha256:')}.tar"
     if shipped.is_file():
         with open(shipped, "rb") as handle:
-            _copy(handle, 0, size, sink, diff_id, "delta")
+            _copy(handle, 0, size, sink, check_id, "delta")
     elif diff_id in base:
-        _copy(source, base[diff_id].offset, size, sink, diff_id, "base")
+        _copy(source, base[diff_id].offset, size, sink, check_id, "base")
     else:
         raise BundleError([f"layer {diff_id[:19]} is neither in the delta nor in the base"])
