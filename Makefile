@@ -47,9 +47,15 @@ endif
 image: $(VENV)/.installed ## build PROFILE's image from ./store (one layer per model; buildah, or docker if a daemon answers)
 	$(APPLIANCE) image build --profile $(PROFILE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
-save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar + SHA256SUMS + bundle.json) and verify the bundle
-	$(APPLIANCE) image save --profile $(PROFILE) --dist dist
-	$(APPLIANCE) bundle verify dist
+# The signing key: an operator's real one (SIGNING_KEY=/secure/appliance.key, see README; never made
+# here, so a typo fails), else a throw-away key made once under work/keys/ (CI) — never for a site.
+THROWAWAY_KEY := work/keys/throwaway.key
+SIGNING_KEY ?= $(THROWAWAY_KEY)
+
+save: $(VENV)/.installed ## save PROFILE's image to dist/ (tar, bundle.json, SBOM, signed manifest, SHA256SUMS) and verify it with the key
+	$(if $(filter $(THROWAWAY_KEY),$(SIGNING_KEY)),test -f $(SIGNING_KEY) || $(APPLIANCE) keys new $(SIGNING_KEY))
+	$(APPLIANCE) image save --profile $(PROFILE) --dist dist --sign $(SIGNING_KEY)
+	$(APPLIANCE) bundle verify dist --key $(SIGNING_KEY).pub
 
 proof: $(VENV)/.installed ## boot PROFILE's image with no network, read a page with every engine, count non-loopback connects (0)
 	$(APPLIANCE) image proof --profile $(PROFILE)

@@ -188,3 +188,7 @@ class BundleError(ApplianceError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("bundle refused:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class SigningError(ApplianceError):
+    """A key is unusable, or a signature is missing, made by another key, or does not match."""

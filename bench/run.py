@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gateway_bench, image_bench, runtime_bench, store
+from bench import delta_bench, gateway_bench, image_bench, runtime_bench, store
 
 BENCHES = {
     "verify": store.bench_verify,
@@ -18,6 +18,7 @@ BENCHES = {
     "runtime": runtime_bench.run,
     "gateway": gateway_bench.run,
     "image": image_bench.run,
+    "delta": delta_bench.run,
 }
 
 

@@ -80,6 +80,8 @@ def substitute(command: str, dist: Path) -> tuple[str | None, list[str]]:
 
     swap("gpu-24gb", PROFILE, "the profile this machine can run")
     swap("/media/usb/dist", str(dist), "the bundle make offline-image saved")
+    swap("/etc/appliance/signing.pub", str(REPO / "work/keys/throwaway.key.pub"), "the key make save signed with")
+    swap("/var/lib/appliance", "appliance-state", "the operator's own state directory")
     swap("--gpus all ", "", "no GPU here")
     swap("-p 8080:8080", "--network none", "the private dockerd has no bridge")
     swap("restart dots-ocr", f"restart {DOTS}", "the tiny profile's program is named after its tiny model")

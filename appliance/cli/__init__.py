@@ -30,6 +30,7 @@ app.add_typer(mirror.app, name="mirror")
 app.add_typer(testing.app, name="testing")
 app.add_typer(image.app, name="image")
 app.add_typer(image.bundle_app, name="bundle")
+app.add_typer(image.keys_app, name="keys")
 
 
 # Third-party modules only an extra installs (pyproject.toml), and that extra.

@@ -17,6 +17,7 @@ from appliance.manifest import Catalog
 
 app = typer.Typer(help="Build, import and save appliance images (Dockerfile.offline).", no_args_is_help=True)
 bundle_app = typer.Typer(help="Check a saved image bundle on the isolated host.", no_args_is_help=True)
+keys_app = typer.Typer(help="The offline key pair that signs bundles.", no_args_is_help=True)
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile whose image to act on.")]
 BaseOpt = Annotated[
@@ -26,6 +27,18 @@ BuilderOpt = Annotated[
     str, typer.Option(help="auto: docker when a daemon answers (`docker info`), else buildah.", case_sensitive=False)
 ]
 DistOpt = Annotated[Path, typer.Option("--dist", help="Output directory of the bundle.")]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="The offline key's .pub: the bundle must be signed by it.", show_default=False),
+]
+InstalledOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--installed",
+        help="State directory of this host (installed.json): refuse a bundle older than the installed one.",
+        show_default=False,
+    ),
+]
 
 
 def _base(catalog: Catalog, profile: str, base_ref: str | None, vllm_python: str | None, python_version: str | None):  # type: ignore[no-untyped-def]
@@ -255,20 +268,55 @@ def save(
     ] = None,
     builder: BuilderOpt = "auto",
     manifests: ManifestsOpt = None,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Private key (appliance keys new) to sign the bundle with.")
+    ] = None,
+    stamp: Annotated[
+        int | None,
+        typer.Option(help="Release stamp (default: $APPLIANCE_RELEASE_STAMP, else the checkout's commit time)."),
+    ] = None,
+    since: Annotated[
+        Path | None,
+        typer.Option(
+            "--since",
+            help="bundle.json of the bundle the site has: write a delta (only new layers + a recipe), not the tar.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Save the image as dist/ocr-appliance-PROFILE.tar (docker-archive, byte-reproducible) with
-    dist/SHA256SUMS and dist/bundle.json (layer per model, lock digests, disk needs, probe values).
+    dist/bundle.json (layer per model, lock digests, disk needs, probe values), dist/sbom.cdx.json
+    (CycloneDX, read from the image itself), dist/bundle.dsse.json (the manifest signed with --sign)
+    and dist/SHA256SUMS.
 
     Example:
 
-      appliance image save --profile tiny-cpu && appliance bundle verify dist
+      appliance image save --profile tiny-cpu --sign keys/appliance.key
+
+      appliance bundle verify dist --key keys/appliance.key.pub
     """
     from appliance.image.bundle import save as save_bundle
     from appliance.image.tools import pick_builder
 
+    if since is not None and sign is None:
+        raise ApplianceError("--since needs --sign KEY: the site checks the rebuilt tar against the signed manifest")
     started = time.monotonic()
-    result = save_bundle(Catalog(manifests), profile, dist, ref=tag, builder=pick_builder(builder.lower()))
+    result = save_bundle(
+        Catalog(manifests), profile, dist, ref=tag, builder=pick_builder(builder.lower()), key=sign, stamp=stamp
+    )
     data = result.bundle
+    if since is not None:
+        from appliance.image.delta import LAYERS_DIR, make_delta
+
+        delta = make_delta(dist, since, dist)
+        shipped = sum((dist / LAYERS_DIR / f"{d.removeprefix('sha256:')}.tar").stat().st_size
+                      for d in delta["shipped_layers"])  # fmt: skip
+        out.print(
+            f"{dist}: delta from {delta['base']['image']} ({delta['base']['archive']['sha256'][:16]}): "
+            f"{len(delta['shipped_layers'])} new layer(s), {human_bytes(shipped)} instead of "
+            f"{human_bytes(data['archive']['size'])}; on the site: appliance bundle apply OLD_DIST {dist} --key PUB"
+        )
+        return
     out.print(f"{result.archive}: {human_bytes(data['archive']['size'])}, sha256 {data['archive']['sha256']}")
     for model, info in data["models"].items():
         out.print(f"  {model}: layer {info['layer'][:19]} (lock {info['lock_digest'][:19]})")
@@ -276,29 +324,102 @@ def save(
     out.print(f"  docker load needs about {human_bytes(need)} free; {time.monotonic() - started:.0f}s")
 
 
+@keys_app.command("new")
+def keys_new(
+    path: Annotated[Path, typer.Argument(help="Private key file to create (PATH.pub is written next to it).")],
+    force: Annotated[bool, typer.Option(help="Replace an existing key (bundles it signed stop verifying).")] = False,
+) -> None:
+    """Make the offline signing key: an Ed25519 private key (PEM, mode 0600, never leaves the build
+    side) and PATH.pub, which goes to every isolated site. Prints the key id to compare by phone.
+
+    Example:
+
+      appliance keys new /secure/appliance-signing.key
+    """
+    from appliance.image.signing import new_key
+
+    pair = new_key(path, force=force)
+    out.print(f"private key {pair.private} (keep it offline; mode 0600)")
+    out.print(f"public key  {pair.public} (give this to the sites)")
+    out.print(f"key id      {pair.key_id}")
+
+
+@keys_app.command("id")
+def keys_id(key: Annotated[Path, typer.Argument(help="A .pub (or private) key file.")]) -> None:
+    """Print a key's id (sha256 of the raw public key), to compare with the one the build side printed."""
+    from appliance.image.signing import key_id, load_public
+
+    out.print(key_id(load_public(key)))
+
+
 @bundle_app.command()
 def verify(
     target: Annotated[Path, typer.Argument(help="The bundle directory (dist/) or the tar in it.", exists=True)],
+    key: KeyOpt = None,
+    installed: InstalledOpt = None,
+    record: Annotated[
+        bool, typer.Option(help="After a pass, write this bundle's stamp into --installed (before docker load).")
+    ] = False,
 ) -> None:
     """Check a bundle before loading it: SHA256SUMS, bundle.json, and the archive's structure (every
     layer hashes to the image config's diff id; every model layer is present). One read of the tar.
+    With --key: signed by that key, and the tar, bundle.json and SBOM are the signed ones. With
+    --installed: not older than the bundle installed before (a replay). Never uses the network.
 
     Example (on the isolated host):
 
-      appliance bundle verify /media/usb/dist && docker load -i /media/usb/dist/ocr-appliance-tiny-cpu.tar
+      appliance bundle verify /media/usb/dist --key /etc/appliance/signing.pub --installed /var/lib/appliance --record
     """
     from appliance.image.bundle import verify as verify_bundle
 
+    if record and (installed is None or key is None):
+        raise ApplianceError("--record needs --installed DIR and --key PUB")
     started = time.monotonic()
-    report = verify_bundle(target)
+    report = verify_bundle(target, key=key, installed=installed)
     bundle = report.bundle
+    signed = ""
+    if report.signed is not None and key is not None:
+        from appliance.image.signing import key_id, load_public
+
+        kid = key_id(load_public(key))
+        signed = f", signed by {kid[:16]}, stamp {report.signed['created']}"
+        if record and installed is not None:
+            from appliance.image.release import record_installed
+
+            out.print(f"recorded in {record_installed(installed, report.signed, kid)}")
     out.print(
         f"{report.archive.name}: ok ({bundle['image']}, {len(bundle['models'])} model layers, "
-        f"{human_bytes(report.size)}, {time.monotonic() - started:.1f}s)"
+        f"{human_bytes(report.size)}{signed}, {time.monotonic() - started:.1f}s)"
     )
+    if key is None:
+        console.print("[yellow]warning:[/] no --key: a consistently rewritten bundle would pass these checks")
     need = bundle["disk"]["load_free_bytes"]
     if report.free_bytes is not None and report.free_bytes < need:
         console.print(
             f"[yellow]warning:[/] {human_bytes(report.free_bytes)} free for the container storage; "
             f"loading needs about {human_bytes(need)}"
         )
+
+
+@bundle_app.command()
+def apply(
+    old_dist: Annotated[Path, typer.Argument(help="The bundle the site has (its full dist/).", exists=True)],
+    delta_dist: Annotated[Path, typer.Argument(help="The delta (image save --since).", exists=True)],
+    key: Annotated[Path, typer.Option("--key", help="The offline key's .pub (the delta must be signed by it).")],
+    installed: InstalledOpt = None,
+) -> None:
+    """Rebuild the new image's tar from the old bundle and a delta, byte-identical to a full save:
+    the delta must be signed by --key, OLD_DIST must be (by its signed manifest) the base the delta
+    names, every copied layer must hash to its diff id and the result to the signed sha256. The tar
+    lands in DELTA_DIST only then (written to a temp file first); nothing is left behind on refusal.
+
+    Example (on the isolated host):
+
+      appliance bundle apply /srv/appliance/dist /media/usb/delta --key /etc/appliance/signing.pub
+      docker load -i /media/usb/delta/ocr-appliance-gpu-24gb.tar
+    """
+    from appliance.image.delta import apply as apply_delta
+
+    started = time.monotonic()
+    target = apply_delta(old_dist, delta_dist, key, installed)
+    out.print(f"{target}: rebuilt, sha256 matches the signed manifest ({time.monotonic() - started:.1f}s)")

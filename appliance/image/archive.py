@@ -16,6 +16,7 @@ import hashlib
 import json
 import posixpath
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -176,3 +177,51 @@ def layers_of(diff_ids: list[str], history: list[dict[str, Any]], models: list[s
 
 def model_layers(layers: list[Layer]) -> dict[str, Layer]:
     return {layer.model: layer for layer in layers if layer.model}
+
+
+# --- reading files out of the image's layers -------------------------------------------------------
+
+
+def layer_members(outer: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The layer members of an open docker-archive in image order (manifest.json's `Layers`)."""
+    handle = outer.extractfile("manifest.json")
+    if handle is None:
+        raise tarfile.ReadError("manifest.json is not a file")
+    manifest = json.load(handle)
+    by_name = {m.name: m for m in outer.getmembers()}
+    members = []
+    for name in manifest[0]["Layers"]:
+        member = by_name.get(name)
+        for _ in range(8):  # OCI-shaped archives link legacy names into blobs/
+            if member is None or not member.issym():
+                break
+            member = by_name.get(posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname)))
+        if member is None or not member.isfile():
+            raise tarfile.ReadError(f"layer {name} is not in the archive")
+        members.append(member)
+    return members
+
+
+def read_image_files(path: Path, want: Callable[[str], bool]) -> dict[str, bytes]:
+    """The final content of the image files whose path (no leading /) `want` selects: layers applied
+    in order, later files and whiteouts (`.wh.<name>`) replacing earlier ones. Seeks over file data,
+    so only the wanted files and the tar headers are read, not the layers' gigabytes."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(path, mode="r:") as outer:
+        for member in layer_members(outer):
+            layer_file = outer.extractfile(member)
+            assert layer_file is not None
+            with tarfile.open(fileobj=layer_file, mode="r:") as layer:
+                for entry in layer:
+                    name = posixpath.normpath(entry.name.lstrip("/")).removeprefix("./")
+                    head, base = posixpath.split(name)
+                    if base == ".wh..wh..opq":  # opaque directory: drop what lower layers had in it
+                        files = {k: v for k, v in files.items() if not k.startswith(head + "/")}
+                    elif base.startswith(".wh."):
+                        gone = posixpath.join(head, base[4:])
+                        files = {k: v for k, v in files.items() if k != gone and not k.startswith(gone + "/")}
+                    elif entry.isfile() and want(name):
+                        data = layer.extractfile(entry)
+                        assert data is not None
+                        files[name] = data.read()
+    return files

@@ -3,7 +3,9 @@
     dist/<image>-<profile>.tar   docker-archive (`podman save --format docker-archive`: byte-reproducible)
     dist/bundle.json             image ref and id, every layer (role, model, digest, size), each
                                  model's layer digest and lock digest, disk needs, probe values
-    dist/SHA256SUMS              the tar and bundle.json, `sha256sum -c` format
+    dist/sbom.cdx.json           CycloneDX SBOM of the image (sbom.py)
+    dist/bundle.dsse.json        the bundle manifest signed with the offline key (release.py), with --sign
+    dist/SHA256SUMS              every file above, `sha256sum -c` format
 
 `verify` runs on the isolated host before anything is loaded: the sums, the bundle, and the
 archive's own structure (each layer's bytes hash to the diff id the image config names, each model
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
-from appliance.errors import BundleError, ImageError, LockError
-from appliance.image import dockerfile
+from appliance.errors import BundleError, ImageError, LockError, SigningError
+from appliance.image import dockerfile, release
 from appliance.image.archive import ArchiveScan, Layer, labels_of, layers_of, model_layers, models_of, scan_archive
 from appliance.image.layout import BASE_LABEL, BUILDER_LABEL, REPRODUCIBLE_LABEL
 from appliance.image.tools import run
@@ -129,9 +131,17 @@ class SaveResult:
 
 
 def save(
-    catalog: Catalog, profile_name: str, dist: Path, *, ref: str | None = None, builder: str = "buildah"
+    catalog: Catalog,
+    profile_name: str,
+    dist: Path,
+    *,
+    ref: str | None = None,
+    builder: str = "buildah",
+    key: Path | None = None,
+    stamp: int | None = None,
 ) -> SaveResult:
-    """Save the image as dist/<image>-<profile>.tar, then write bundle.json and SHA256SUMS."""
+    """Save the image as dist/<image>-<profile>.tar, then write bundle.json, the SBOM, the signed
+    manifest (with a key) and SHA256SUMS."""
     ref = ref or dockerfile.image_ref(profile_name)
     dist.mkdir(parents=True, exist_ok=True)
     archive = dist / archive_name(profile_name)
@@ -146,7 +156,23 @@ def save(
         os.replace(partial, archive)
     finally:
         partial.unlink(missing_ok=True)
-    return write_bundle(catalog, profile_name, archive, ref)
+    result = write_bundle(catalog, profile_name, archive, ref)
+    write_release(result, catalog, key, release.release_stamp() if stamp is None else stamp)
+    return result
+
+
+def write_release(result: SaveResult, catalog: Catalog, key: Path | None, stamp: int) -> dict[str, Any] | None:
+    """The SBOM beside the bundle, and with a key the signed manifest; returns the signed statement."""
+    from appliance.image.sbom import SBOM_FILE, build_sbom
+
+    dist = result.archive.parent
+    write_atomic(dist / SBOM_FILE, build_sbom(result.archive, result.bundle, catalog, stamp))
+    (dist / release.ENVELOPE).unlink(missing_ok=True)  # never leave a signature of an earlier save
+    if key is None:
+        with open(dist / SUMS, "a") as sums:
+            sums.write(f"{_sha256_file(dist / SBOM_FILE)}  {SBOM_FILE}\n")
+        return None
+    return release.sign_dist(dist, key, stamp, [SBOM_FILE])
 
 
 def write_bundle(catalog: Catalog, profile_name: str, archive: Path, ref: str) -> SaveResult:
@@ -184,19 +210,28 @@ class VerifyReport:
     bundle: dict[str, Any]
     size: int
     free_bytes: int | None
+    signed: dict[str, Any] | None = None  # the statement, when checked against a key
 
 
-def verify(target: Path) -> VerifyReport:
-    """Check a bundle (its directory, or the tar inside it) before it is loaded; BundleError names every bad file."""
+def verify(target: Path, *, key: Path | None = None, installed: Path | None = None) -> VerifyReport:
+    """Check a bundle (its directory, or the tar inside it) before it is loaded; BundleError names every
+    bad file. With `key` (the .pub of the offline key) the bundle must be signed by it and every file
+    must be the signed one; with `installed` (the host's state directory) it must not be older than
+    what was installed there."""
     target = target.resolve()
     dist = target if target.is_dir() else target.parent
     problems: list[str] = []
+    signed = None
+    if key is not None:
+        try:
+            signed = release.signed_statement(dist, key)
+        except SigningError as exc:
+            raise BundleError([str(exc)]) from None
+        problems += release.file_problems(signed, dist) + release.replay_problems(signed, installed)
     sums_path, bundle_path = dist / SUMS, dist / BUNDLE_JSON
-    for path in (sums_path, bundle_path):
-        if not path.is_file():
-            problems.append(f"{path.name}: missing in {dist}")
-    if problems:
-        raise BundleError(problems)
+    missing = [f"{p.name}: missing in {dist}" for p in (sums_path, bundle_path) if not p.is_file()]
+    if missing:
+        raise BundleError(problems + missing)
     sums = _read_sums(sums_path, problems)
     if BUNDLE_JSON not in sums:
         problems.append(f"{SUMS}: does not list {BUNDLE_JSON}")
@@ -223,10 +258,12 @@ def verify(target: Path) -> VerifyReport:
     if scan.sha256 != sha:
         problems.append(f"{name}: sha256 {scan.sha256}, expected {sha}")
     problems += _structure_problems(scan, models, bundle)
+    if signed is not None:
+        problems += release.archive_problems(signed, name, scan.size, scan.sha256)
     if problems:
         raise BundleError(problems)
     free = _free_bytes(Path("/var/lib/docker")) or _free_bytes(Path("/var/lib/containers"))
-    return VerifyReport(archive, bundle, scan.size, free)
+    return VerifyReport(archive, bundle, scan.size, free, signed)
 
 
 def _structure_problems(scan: ArchiveScan, models: dict[str, str], bundle: dict[str, Any]) -> list[str]:
