@@ -29,7 +29,6 @@ from appliance.testing.vllm_server import vllm_server as serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_FILES = {
-    "chat_template.jinja",
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -37,10 +36,34 @@ COMMON_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
+# The rest of each real repo's file set (manifests/facts; tests/test_fidelity.py checks it in full).
 EXTRA_FILES = {
-    "qwen3-vl": {"video_preprocessor_config.json"},
-    "paddleocr-vl": set(),
-    "dots-ocr": {"configuration_dots.py"},
+    "qwen3-vl": {"chat_template.json", "merges.txt", "video_preprocessor_config.json", "vocab.json"},
+    "paddleocr-vl": {
+        "added_tokens.json",
+        "chat_template.jinja",
+        "configuration_paddleocr_vl.py",
+        "image_processing_paddleocr_vl.py",
+        "modeling_paddleocr_vl.py",
+        "processing_paddleocr_vl.py",
+        "processor_config.json",
+        "special_tokens_map.json",
+    },
+    "dots-ocr": {
+        "chat_template.json",
+        "configuration_dots.py",
+        "merges.txt",
+        "modeling_dots_ocr.py",
+        "modeling_dots_ocr_vllm.py",
+        "modeling_dots_vision.py",
+        "special_tokens_map.json",
+        "vocab.json",
+    },
+}
+TEMPLATE_FILE = {
+    "qwen3-vl": "chat_template.json",
+    "paddleocr-vl": "chat_template.jinja",
+    "dots-ocr": "chat_template.json",
 }
 IMAGE_TOKEN = {"qwen3-vl": "<|image_pad|>", "paddleocr-vl": "<|IMAGE_PLACEHOLDER|>", "dots-ocr": "<|imgpad|>"}
 PROMPT = {
@@ -109,7 +132,7 @@ def test_file_set_and_contents(arch: str, tmp_path: Path) -> None:
     assert n_tokens <= text["vocab_size"] and text["vocab_size"] % 64 == 0
     ids = {t["content"]: t["id"] for t in tokenizer["added_tokens"] if t["special"]}
     assert config["image_token_id"] == ids[IMAGE_TOKEN[arch]]
-    assert IMAGE_TOKEN[arch] in (model_dir / "chat_template.jinja").read_text()
+    assert IMAGE_TOKEN[arch] in (model_dir / TEMPLATE_FILE[arch]).read_text()
 
 
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
@@ -155,7 +178,8 @@ def test_weights_match_transformers_model(arch: str, tiny_root: Path) -> None:
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
+    # The repo's own config.json decides: transformers 5 turns PaddleOCR-VL's false into true.
+    if json.loads((model_dir / "config.json").read_text()).get("tie_word_embeddings", True):
         expected.pop("lm_head.weight")
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         ours = {_hub_to_transformers(arch, k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -199,7 +223,10 @@ def test_transformers_loads_config_tokenizer_processor(arch: str, tiny_root: Pat
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT[arch]}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert IMAGE_TOKEN[arch] in prompt and PROMPT[arch] in prompt
-    assert prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if TEMPLATE_FILE[arch] == "chat_template.jinja":  # transformers 5 gives it to the tokenizer too
+        assert prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:  # the legacy chat_template.json is the processor's alone
+        assert tokenizer.chat_template is None
 
     inputs = processor(text=prompt, images=[Image.new("RGB", (96, 64), "white")], return_tensors="np")
     merge = processor.image_processor.merge_size
