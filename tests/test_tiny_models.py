@@ -71,7 +71,7 @@ PROMPT = {
     "paddleocr-vl": "OCR:",
     "dots-ocr": "Extract the text content from this image.",
 }
-REMOTE_CODE = {"dots-ocr"}
+REMOTE_CODE = {"dots-ocr"}  # served with --trust-remote-code (manifests/facts)
 
 
 @pytest.fixture(scope="module")
@@ -258,28 +258,37 @@ def _png(width: int = 96, height: int = 64) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def _production_command(arch: str, tiny_root: Path, port: int) -> tuple[list[str], str]:
+    """The tiny-cpu profile's own vLLM command line for `arch` (the flags the image boots with,
+    which tests/test_fidelity.py ties to the real manifests'), with the generated repo and a free port."""
+    from pathlib import PurePosixPath
+
+    from appliance.manifest import Catalog
+    from appliance.runtime.vllm_args import ENTRYPOINT, vllm_args
+    from appliance.testing.hub import TINY_PROFILE
+
+    catalog = Catalog(REPO_ROOT / "manifests")
+    profile = catalog.profile(TINY_PROFILE)
+    manifest = next(m for m in catalog.profile_models(TINY_PROFILE) if m.engine == arch)
+    entry = next(e for e in profile.models if e.model == manifest.name)
+    assert manifest.name == repo_name(arch) and manifest.serve is not None
+    args = vllm_args(manifest, profile, entry, models_root=PurePosixPath(str(tiny_root.resolve())))
+    args[args.index("--port") + 1] = str(port)
+    return [str(_vllm_python()), *ENTRYPOINT, *args], manifest.serve.served_model_name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> None:
-    python = _vllm_python()
-    model_dir = (tiny_root / repo_name(arch)).resolve()
     port = free_port()
-    served = f"tiny-{arch}"
-    cmd = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", served,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", "2048", "--max-num-seqs", "4",
-        "--limit-mm-per-prompt", '{"image":1}', "--dtype", "bfloat16",
-    ]  # fmt: skip
-    if arch in REMOTE_CODE:
-        cmd.append("--trust-remote-code")
+    cmd, served = _production_command(arch, tiny_root, port)
     with serve(cmd, port, tmp_path / "vllm.log", env=os.environ | OFFLINE) as server:
         to_health = server.seconds_to_health
         image_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
         body = {
             "model": served,
             "max_tokens": 8,
+            "temperature": 0,
             "messages": [
                 {
                     "role": "user",
@@ -307,4 +316,12 @@ def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> N
         assert answer["choices"][0]["message"]["role"] == "assistant"
         # Image tokens must be in the prompt, or the vision path was never exercised.
         assert answer["usage"]["prompt_tokens"] > 10, answer["usage"]
+        if arch == "paddleocr-vl":
+            # The checkpoint's marker lm_head emits only these tokens; tied to the embedding (what
+            # transformers 5 makes of the repo's tie_word_embeddings: false without the manifest's
+            # --hf-overrides) it would emit others. Proves vLLM used the checkpoint's own lm_head.
+            from appliance.testing.tiny.paddleocr_vl import MARKER_TOKENS
+
+            text = answer["choices"][0]["message"]["content"]
+            assert len(text) == 8 and set(text) <= set(MARKER_TOKENS), text
         print(f"\n{arch}: /health 200 after {to_health:.1f} s, chat answered in {to_answer:.2f} s")
