@@ -158,6 +158,15 @@ class ProfileModel(_Strict):
     max_new_tokens: int | None = Field(default=None, gt=0)
     port: int | None = Field(default=None, gt=0, lt=65536)
 
+    @model_validator(mode="after")
+    def _cap_inside_context(self) -> ProfileModel:
+        if self.max_new_tokens is not None and self.max_new_tokens >= self.max_model_len:
+            raise ValueError(
+                f"max_new_tokens {self.max_new_tokens} leaves no room in max_model_len {self.max_model_len} "
+                "for the page's image tokens and the prompt"
+            )
+        return self
+
     @property
     def output_tokens(self) -> int:
         return self.max_new_tokens or min(4096, self.max_model_len // 2)

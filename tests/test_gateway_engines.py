@@ -14,6 +14,7 @@ from PIL import Image
 from appliance.errors import EngineError, EngineTimeout, EngineUnavailable, TaskNotSupportedError
 from appliance.gateway.documents import PageImage
 from appliance.gateway.engines import DotsOcrEngine, EngineSettings, PaddleOcrVlEngine, Qwen3VlEngine, build_engine
+from appliance.gateway.engines.base import is_truncated, truncation_warning
 from appliance.gateway.engines.dots_ocr import (
     IMAGE_PLACEHOLDER,
     PROMPT_LAYOUT_ALL,
@@ -43,8 +44,8 @@ def page(width: int = 1240, height: int = 1754, number: int = 1) -> PageImage:
 class FakeVllm:
     """An httpx transport answering /v1/chat/completions with a canned content; records requests."""
 
-    def __init__(self, content: str = "", status: int = 200, delay: float = 0.0) -> None:
-        self.content, self.status, self.delay = content, status, delay
+    def __init__(self, content: str = "", status: int = 200, delay: float = 0.0, finish_reason: str = "stop") -> None:
+        self.content, self.status, self.delay, self.finish_reason = content, status, delay, finish_reason
         self.requests: list[dict[str, Any]] = []
         self.in_flight = self.max_in_flight = 0
 
@@ -59,7 +60,8 @@ class FakeVllm:
             self.in_flight -= 1
         if self.status != 200:
             return httpx.Response(self.status, json={"error": {"message": "boom", "code": self.status}})
-        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": self.content}}]})
+        message = {"role": "assistant", "content": self.content}
+        return httpx.Response(200, json={"choices": [{"message": message, "finish_reason": self.finish_reason}]})
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handler)
@@ -181,6 +183,20 @@ def test_dots_has_no_chart_prompt() -> None:
     assert info.value.status_code == 422
 
 
+def test_dots_answer_cut_at_the_cap_is_marked() -> None:
+    fake = FakeVllm(fixture("dots_layout_truncated.txt"), finish_reason="length")
+    engine = DotsOcrEngine(settings(max_new_tokens=24000), transport=fake.transport())
+    small = page(280, 392)
+    result = run(engine.ocr(small, Task.layout))
+    assert fake.requests[0]["max_tokens"] == 24000
+    assert is_truncated(result) and result.warnings[0] == truncation_warning(24000)
+    assert "output cap of 24000 tokens" in result.warnings[0] and any("broken JSON" in w for w in result.warnings)
+    assert len(result.blocks) == 3  # what was read is kept
+    assert is_truncated(run(engine.ocr(small, Task.text)))
+    whole = DotsOcrEngine(settings(), transport=FakeVllm(fixture("dots_layout.json")).transport())
+    assert run(whole.ocr(small, Task.layout)).warnings == []
+
+
 # --- Qwen3-VL -------------------------------------------------------------------------------------
 
 
@@ -219,6 +235,15 @@ def test_qwen_table_task_normalises_html() -> None:
     result = run(Qwen3VlEngine(settings(), transport=fake.transport()).ocr(page(), Task.table))
     assert result.blocks[0].html == "<table><tr><td>a</td><td>b</td></tr></table>"
     assert result.markdown == "| a | b |\n|---|---|"
+
+
+@pytest.mark.parametrize("task", [Task.text, Task.layout, Task.table, Task.formula])
+def test_qwen_answer_cut_at_the_cap_is_marked(task: Task) -> None:
+    fake = FakeVllm("# Title\n\nA sentence that stops in the mid", finish_reason="length")
+    result = run(Qwen3VlEngine(settings(), transport=fake.transport()).ocr(page(64, 64), task))
+    assert is_truncated(result) and "the token limit" in result.warnings[0]  # no cap configured
+    done = run(Qwen3VlEngine(settings(), transport=FakeVllm("# Title").transport()).ocr(page(64, 64), task))
+    assert not is_truncated(done)
 
 
 # --- common: errors, timeouts, concurrency --------------------------------------------------------

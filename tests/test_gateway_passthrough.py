@@ -1,8 +1,10 @@
 """The OpenAI pass-through's forwarding, against a recording HTTP upstream on 127.0.0.1: what reaches
-the engine, what comes back, what is counted. (Against real vLLM servers: tests/test_gateway_stack.py.)"""
+the engine, what comes back, what is counted; and a page whose answer was cut at the token cap.
+(Against real vLLM servers: tests/test_gateway_stack.py.)"""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from appliance.gateway.app import create_app
 from appliance.gateway.openai_proxy import _usage
@@ -30,10 +33,11 @@ ANSWER = {
 
 
 class Upstream(ThreadingHTTPServer):
-    """Records every request body; answers `ANSWER`, or hangs up mid-answer when `broken`."""
+    """Records every request body; answers `answer` (default `ANSWER`), or hangs up mid-answer when `broken`."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.answer: dict[str, object] = ANSWER
         self.broken = False
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -43,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-        payload = json.dumps(ANSWER).encode()
+        payload = json.dumps(self.server.answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -125,3 +129,31 @@ def test_engine_hanging_up_mid_answer_is_503_not_500(client: TestClient, upstrea
 )
 def test_usage_read_from_the_answers_tail(content: bytes, usage: object) -> None:
     assert _usage(content) == usage
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 32), "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_page_cut_at_the_token_cap_is_marked_and_counted(client: TestClient, upstream: Upstream) -> None:
+    """No silent truncation: finish_reason "length" → the page's warnings say so, /metrics counts it."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Line one\n\nLine tw"}, "finish_reason": "length"}
+    upstream.answer = {"choices": [choice]}
+
+    def read() -> dict:  # type: ignore[type-arg]
+        form = {"engine": "qwen3-vl", "task": "text"}
+        answer = client.post("/v1/ocr", headers=AUTH, files={"file": ("p.png", _png())}, data=form)
+        assert answer.status_code == 200, answer.text
+        (page,) = answer.json()["pages"]
+        return page
+
+    warning = read()["warnings"][0]
+    assert warning.startswith("truncated:") and "output cap of 32 tokens" in warning
+    assert json.loads(upstream.bodies[0])["max_tokens"] == 32  # tiny-cpu's cap
+    upstream.answer = {"choices": [choice | {"finish_reason": "stop"}]}
+    assert read()["warnings"] == []
+    metrics = client.get("/metrics", headers=AUTH).text
+    assert 'appliance_truncated_pages_total{engine="qwen3-vl"} 1.0' in metrics
+    assert 'appliance_pages_total{engine="qwen3-vl"} 2.0' in metrics

@@ -79,23 +79,39 @@ def doctor(
     running: Annotated[
         bool, typer.Option(help="The appliance is up: its ports are expected in use (reports any not listening).")
     ] = False,
+    cuda_version: Annotated[
+        str | None,
+        typer.Option(
+            help="The image's CUDA version, to check the host driver against (default $APPLIANCE_CUDA_VERSION, "
+            "set in the image; outside it, read the image's appliance.cuda-version label)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of a table.")] = False,
     manifests: ManifestsOpt = None,
 ) -> None:
     """Preflight the host the appliance runs on: GPU and its memory plan, compute capability, free
     disk for the caches, free ports, the store against its locks, the Python modules the models
-    need in vLLM's interpreter, and the offline switches. Exits 1 if any check fails (warnings
-    alone exit 0).
+    need in vLLM's interpreter, and the offline switches; the host's NVIDIA driver against the
+    minimum the image's CUDA needs. Exits 1 if any check fails (warnings alone exit 0).
 
     Examples:
 
       docker exec ocr appliance doctor --running
 
+      appliance doctor -p gpu-24gb --cuda-version 13.0.1   # docker inspect IMAGE: appliance.cuda-version
+
       APPLIANCE_STORE=./store appliance doctor --profile gpu-12gb --json
     """
     catalog = Catalog(manifests)
     prof = catalog.profile(profile or constants.profile_name())
-    checks = run_checks(catalog, prof, store or constants.store_dir(), gpu_memory_gib=gpu_memory_gib, running=running)
+    checks = run_checks(
+        catalog,
+        prof,
+        store or constants.store_dir(),
+        gpu_memory_gib=gpu_memory_gib,
+        running=running,
+        cuda_version=cuda_version,
+    )
     result = report(prof.name, checks)
     if as_json:
         print(json.dumps(result, indent=2))

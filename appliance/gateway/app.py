@@ -66,7 +66,7 @@ def create_app(
             app.state.upstream_session = upstream_session
             app.state.upstreams = Upstreams(served)
             app.state.metrics = metrics
-            app.state.ocr = OcrService(engines)
+            app.state.ocr = OcrService(engines, observe=metrics.observe_page)
             app.state.layout_parsing = LayoutParsingService(app.state.ocr)
             app.state.engine_health = ocr_api.EngineHealth(
                 probe_client, {kind: e.settings.root for kind, e in engines.items()}

@@ -7,6 +7,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.gateway.engines.base import is_truncated
+from appliance.gateway.protocol import PageResult
+
 UNTRACKED = frozenset({"/metrics", "/livez", "/readyz", "/startupz"})
 
 
@@ -31,6 +34,17 @@ class Metrics:
         self.upstream_errors = Counter(
             "appliance_upstream_errors", "Engine calls that failed", ["engine", "reason"], registry=self.registry
         )
+        self.truncated_pages = Counter(
+            "appliance_truncated_pages",
+            "Pages whose answer stopped at the token limit (finish_reason=length): their end is missing",
+            ["engine"],
+            registry=self.registry,
+        )
+
+    def observe_page(self, page: PageResult) -> None:
+        """Called for every page an engine read (OcrService's `observe`)."""
+        if is_truncated(page):
+            self.truncated_pages.labels(page.engine).inc()
 
     def count_usage(self, engine: str, usage: dict | None) -> None:  # type: ignore[type-arg]
         if usage:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from appliance.errors import GatewayError, TaskNotSupportedError
 from appliance.gateway import paddlex_compat
@@ -37,7 +37,9 @@ class UnknownEngineError(GatewayError, LookupError):
 
 class OcrService:
     def __init__(self, engines: Mapping[str, Engine], *, default_engine: str | None = None,
-                 limits: Limits | None = None) -> None:  # fmt: skip
+                 limits: Limits | None = None,
+                 observe: Callable[[PageResult], None] | None = None) -> None:  # fmt: skip
+        """`observe` sees every page read, whichever route asked (the gateway counts truncated ones)."""
         if not engines:
             raise ValueError("OcrService needs at least one engine")
         self.engines = dict(engines)
@@ -45,6 +47,7 @@ class OcrService:
         if self.default_engine not in self.engines:
             raise ValueError(f"default engine {self.default_engine!r} is not configured")
         self.limits = limits or Limits()
+        self.observe = observe
 
     def engine(self, name: str | None) -> Engine:
         name = name or self.default_engine
@@ -65,7 +68,11 @@ class OcrService:
             async with window:
                 return await engine.ocr(page, task)
 
-        return list(await asyncio.gather(*(one(page) for page in document.pages)))
+        pages = list(await asyncio.gather(*(one(page) for page in document.pages)))
+        if self.observe is not None:
+            for page in pages:
+                self.observe(page)
+        return pages
 
     async def read(self, data: bytes, *, engine: str | None = None, task: Task = Task.layout,
                    dpi: int = DEFAULT_DPI, page_range: str | None = None) -> DocumentResult:  # fmt: skip

@@ -28,6 +28,8 @@ from appliance.image.layout import (
     CACHE_DIR,
     CTL_CONF,
     CTL_DEFAULT,
+    CUDA_LABEL,
+    CUDA_VERSION_FROM_BASE,
     MANIFESTS,
     MODELS_LABEL,
     MODELS_ROOT,
@@ -58,6 +60,7 @@ def image_env(profile: Profile, vllm_python: str = "${VLLM_PYTHON}") -> dict[str
         "APPLIANCE_RUN_DIR": str(RUN_DIR),
         "APPLIANCE_SUPERVISORD_CONF": str(SUPERVISORD_CONF),  # the conf baked below, not one rendered at boot
         "APPLIANCE_VLLM_PYTHON": vllm_python,
+        "APPLIANCE_CUDA_VERSION": CUDA_VERSION_FROM_BASE,  # what `appliance doctor` checks the driver against
         "HF_HOME": str(CACHE_DIR / "hf"),
         "VLLM_CACHE_ROOT": str(CACHE_DIR / "vllm"),
         "HOME": str(CACHE_DIR),
@@ -115,6 +118,7 @@ def render(catalog: Catalog, profile: Profile, base: BaseImage | None = None) ->
         "appliance.profile": profile.name,
         BASE_LABEL: base.ref,
         MODELS_LABEL: ",".join(models),
+        CUDA_LABEL: CUDA_VERSION_FROM_BASE,
     }
     label_block = "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())
     # No `# syntax=` line: BuildKit would pull that frontend image from Docker Hub at build time.

@@ -12,6 +12,8 @@ __all__ = [
     "CACHE_DIR",
     "CTL_CONF",
     "CTL_DEFAULT",
+    "CUDA_LABEL",
+    "CUDA_VERSION_FROM_BASE",
     "MANIFESTS",
     "MODELS_LABEL",
     "MODELS_ROOT",
@@ -39,3 +41,7 @@ BASE_LABEL = "appliance.base-image"
 # layer timestamps so that the same lock gives the same layer digest.
 BUILDER_LABEL = "appliance.builder"
 REPRODUCIBLE_LABEL = "appliance.reproducible-layers"
+# The base's CUDA version (its CUDA_VERSION, set by every nvidia/cuda image; empty on a CPU base):
+# `appliance doctor` checks the host driver against it (also baked as APPLIANCE_CUDA_VERSION).
+CUDA_LABEL = "appliance.cuda-version"
+CUDA_VERSION_FROM_BASE = "${CUDA_VERSION}"  # substituted by docker/buildah from the base's ENV

@@ -18,25 +18,19 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from appliance import constants
 from appliance.errors import LockError
 from appliance.manifest import Catalog, Profile
-from appliance.runtime.plan import GIB, PlanError, plan_profile
+from appliance.runtime.checks import COMMAND_TIMEOUT, Check, Runner, Status, run_command
+from appliance.runtime.gpu import Gpu, check_gpu, parse_gpus
 from appliance.store.lock import disagreements, read_lock
 from appliance.store.verify import verify_fast
 
-Status = Literal["pass", "warn", "fail"]
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
-DiskUsage = Callable[[Path], Any]  # shutil.disk_usage: an object with .free
+__all__ = ["COMMAND_TIMEOUT", "Check", "Gpu", "Probes", "Runner", "Status", "check_gpu", "parse_gpus", "run_checks"]
 
-NVIDIA_SMI = ("nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits")
-COMMAND_TIMEOUT = 30.0
-# Cards report less than their nominal size: ECC on GDDR6 data-centre cards (A10, L4, L40S) hides
-# 1/16 of it, so a "24 GB" A10 shows 22.5 GiB. Below the target by more than this is a failure;
-# within it, the planned fractions decide.
-MEMORY_TOLERANCE = 0.07
+DiskUsage = Callable[[Path], Any]  # shutil.disk_usage: an object with .free
 DISK_WARN_BYTES = 2_000_000_000
 DISK_FAIL_BYTES = 200_000_000
 # Variables that send hub clients somewhere else: harmless when offline switches hold, but a sign
@@ -73,137 +67,7 @@ print(json.dumps({"found": found, "vllm": version, "python": sys.version.split()
 """
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    memory_mib: float | None
-    compute_capability: float | None
-
-
-def run_command(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def _number(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:  # "[N/A]"
-        return None
-
-
-def parse_gpus(output: str) -> list[Gpu]:
-    """Rows of `nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits`."""
-    gpus = []
-    for line in output.splitlines():
-        if not line.strip():
-            continue
-        parts = [part.strip() for part in line.rsplit(",", 2)]  # a name could hold a comma
-        name, memory, cap = parts if len(parts) == 3 else (line.strip(), "", "")
-        gpus.append(Gpu(name, _number(memory), _number(cap)))
-    return gpus
-
-
-def _visible_index(environ: Mapping[str, str]) -> int:
-    """The GPU the servers use: the first CUDA sees (CUDA_VISIBLE_DEVICES' first entry if an index)."""
-    first = environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
-
-
-# --- 1. GPU ---------------------------------------------------------------------------------------
-
-
-def check_gpu(
-    catalog: Catalog,
-    profile: Profile,
-    gpu_memory_gib: float | None = None,
-    run: Runner = run_command,
-    environ: Mapping[str, str] = os.environ,
-) -> list[Check]:
-    if profile.target.device == "cpu":
-        return [Check("gpu", "pass", "cpu profile: no GPU needed")]
-    try:
-        proc = run(NVIDIA_SMI, COMMAND_TIMEOUT)
-    except FileNotFoundError:
-        hint = "no NVIDIA driver visible (run the container with --gpus / the NVIDIA container toolkit)"
-        return [Check("gpu", "fail", f"nvidia-smi not found: {hint}")]
-    except subprocess.TimeoutExpired:
-        return [Check("gpu", "fail", f"nvidia-smi did not answer within {COMMAND_TIMEOUT:.0f} s (driver problem?)")]
-    if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        return [Check("gpu", "fail", f"nvidia-smi failed (exit {proc.returncode}): {' '.join(message[:2])}")]
-    gpus = parse_gpus(proc.stdout)
-    index = _visible_index(environ)
-    if not gpus:
-        return [Check("gpu", "fail", "nvidia-smi lists no GPU")]
-    if index >= len(gpus):
-        return [Check("gpu", "fail", f"CUDA_VISIBLE_DEVICES selects GPU {index}, nvidia-smi lists {len(gpus)}")]
-    gpu = gpus[index]
-    others = f" (GPU {index} of {len(gpus)}; every server runs on it)" if len(gpus) > 1 else ""
-    memory = f"{gpu.memory_mib / 1024:.1f} GiB" if gpu.memory_mib is not None else "memory unknown"
-    cap = f"compute capability {gpu.compute_capability:.1f}" if gpu.compute_capability else "capability unknown"
-    checks = [Check("gpu", "pass", f"{gpu.name}, {memory}, {cap}{others}")]
-    checks.append(_check_memory(catalog, profile, gpu, gpu_memory_gib))
-    checks.append(_check_capability(catalog, profile, gpu))
-    return checks
-
-
-def _check_memory(catalog: Catalog, profile: Profile, gpu: Gpu, limit_gib: float | None) -> Check:
-    name = "gpu memory"
-    if gpu.memory_mib is None:
-        return Check(name, "fail", "nvidia-smi does not report the GPU's memory")
-    have = gpu.memory_mib / 1024
-    note = ""
-    if limit_gib is not None:
-        note = f" (--gpu-memory-gib {limit_gib:g} of {have:.2f} GiB)"
-        have = min(have, limit_gib)
-    target = profile.target.gpu_memory_gib or 0
-    try:
-        measured = plan_profile(catalog, profile, have)
-    except PlanError as exc:
-        return Check(name, "fail", f"{have:.2f} GiB{note}: {exc}")
-    if have < target * (1 - MEMORY_TOLERANCE):
-        return Check(name, "fail", f"{have:.2f} GiB{note} is below the profile's {target:g} GiB target")
-    # The image renders --gpu-memory-utilization planned for the target; on a smaller card each
-    # fraction of the *measured* total must still cover that model's need.
-    planned = plan_profile(catalog, profile)
-    short = [m for m in planned.models if m.fraction * have * GIB < m.need_bytes]
-    if short:
-        rows = "; ".join(
-            f"{m.name} gets {m.fraction:.2f} x {have:.2f} = {m.fraction * have:.2f} GiB < need {m.need_bytes / GIB:.2f}"
-            for m in short
-        )
-        return Check(name, "fail", f"fractions planned for {target:g} GiB do not fit {have:.2f} GiB{note}: {rows}")
-    fits = f"plan needs {measured.need_bytes / GIB:.2f} GiB of {have * measured.safe_fraction:.2f} safe"
-    if have < target:
-        return Check(name, "warn", f"{have:.2f} GiB{note}, slightly under the {target:g} GiB target; {fits}")
-    return Check(name, "pass", f"{have:.2f} GiB{note} >= target {target:g} GiB; {fits}")
-
-
-def _check_capability(catalog: Catalog, profile: Profile, gpu: Gpu) -> Check:
-    name = "compute capability"
-    cap = gpu.compute_capability
-    if cap is None:
-        return Check(name, "warn", "nvidia-smi does not report the compute capability (driver too old?)")
-    problems = []
-    wanted = profile.target.compute_capability
-    if wanted is not None and cap < wanted:
-        problems.append(f"profile {profile.name} targets {wanted:.1f}")
-    for model in catalog.profile_models(profile.name):
-        needed = model.resources.min_compute_capability
-        if needed is not None and cap < needed:
-            problems.append(f"{model.name} needs >= {needed:.1f}")
-    if problems:
-        return Check(name, "fail", f"GPU has {cap:.1f}: " + "; ".join(problems))
-    return Check(name, "pass", f"{cap:.1f} meets the profile and every model")
-
-
+# --- 1. GPU: appliance.runtime.gpu -----------------------------------------------------------------
 # --- 2. disk --------------------------------------------------------------------------------------
 
 
@@ -433,11 +297,12 @@ def run_checks(
     gpu_memory_gib: float | None = None,
     running: bool = False,
     vllm_python: str | None = None,
+    cuda_version: str | None = None,
     probes: Probes | None = None,
 ) -> list[Check]:
     probes = probes or Probes()
     return [
-        *check_gpu(catalog, profile, gpu_memory_gib, probes.run, probes.environ),
+        *check_gpu(catalog, profile, gpu_memory_gib, probes.run, probes.environ, cuda_version),
         *check_disk(cache_dirs(), probes.disk_usage),
         *check_ports(profile, running),
         *check_store(catalog, profile, store),

@@ -5,7 +5,9 @@ name, and answers `await engine.ocr(page, task) -> PageResult`. Concurrency per 
 a semaphore; a request that waits longer than `queue_timeout_s` for a slot is refused with
 `EngineUnavailable` (503 + Retry-After), one whose upstream call exceeds `timeout_s` with
 `EngineTimeout` (504). Connection refused / 5xx from vLLM → `EngineUnavailable`; any other unusable
-answer → `EngineError` (502). Nothing here imports FastAPI.
+answer → `EngineError` (502). An answer that stopped at the token limit (`finish_reason == "length"`)
+is kept, and its page's `warnings` say so (`truncation_warning`, counted by the gateway's metrics).
+Nothing here imports FastAPI.
 """
 
 from __future__ import annotations
@@ -21,6 +23,30 @@ import httpx
 from appliance.errors import EngineError, EngineTimeout, EngineUnavailable, TaskNotSupportedError
 from appliance.gateway.documents import PageImage
 from appliance.gateway.protocol import Block, PageResult, Task
+
+# Start of the warning on a page whose answer stopped at the token limit (what /metrics counts).
+TRUNCATED = "truncated:"
+
+
+def truncation_warning(limit: int | None) -> str:
+    cap = f"the output cap of {limit} tokens" if limit else "the token limit"
+    return f"{TRUNCATED} the answer stopped at {cap} (finish_reason=length): the end of the page is missing"
+
+
+def is_truncated(page: PageResult) -> bool:
+    return any(w.startswith(TRUNCATED) for w in page.warnings)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One chat answer: its text and why generation stopped ("stop", "length", …; None if unsaid)."""
+
+    text: str
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 @dataclass(frozen=True)
@@ -133,7 +159,7 @@ class ChatClient:
         max_tokens: int | None = None,
         image_format: str = "PNG",
         **sampling: Any,
-    ) -> str:
+    ) -> Completion:
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system})
@@ -152,10 +178,11 @@ class ChatClient:
             body["max_tokens"] = max_tokens
         data = await self.post("/v1/chat/completions", body)
         try:
-            content = data["choices"][0]["message"]["content"]
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise EngineError(self.engine, f"answer without choices[0].message.content: {str(data)[:200]}") from None
-        return content or ""
+        return Completion(content or "", choice.get("finish_reason"))
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from appliance.gateway.documents import PageImage
 from appliance.gateway.engines._text import blocks_to_markdown, markdown_to_blocks, strip_fences, table_block
-from appliance.gateway.engines.base import ChatClient, Engine, EngineSettings
+from appliance.gateway.engines.base import ChatClient, Engine, EngineSettings, truncation_warning
 from appliance.gateway.protocol import Block, PageResult, Task
 
 PROMPT_LAYOUT_ALL = """Please output the layout information from the PDF image, including each layout element's bbox, its category, and the corresponding text content within the bbox.
@@ -112,17 +112,20 @@ class DotsOcrEngine(Engine):
     async def _read(self, page: PageImage, task: Task) -> PageResult:
         sent = self._resize(page)
         prompt = PROMPT_OCR if task == Task.text else PROMPT_LAYOUT_ALL
-        raw = await self._chat.complete(
+        answer = await self._chat.complete(
             sent,
             IMAGE_PLACEHOLDER + prompt,
             max_tokens=self.settings.max_new_tokens,
             temperature=0.1,
             top_p=0.9,
         )
+        raw = answer.text
+        cut = [truncation_warning(self.settings.max_new_tokens)] if answer.truncated else []
         if task == Task.text:
             text = strip_fences(raw).strip()
-            return self._result(page, task, text, markdown_to_blocks(text))
+            return self._result(page, task, text, markdown_to_blocks(text), cut)
         cells, warnings = parse_cells(raw)
+        warnings = cut + warnings
         blocks = [
             _to_block(cell, sx=page.width / sent.width, sy=page.height / sent.height, w=page.width, h=page.height)
             for cell in cells

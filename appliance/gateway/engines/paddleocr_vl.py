@@ -19,6 +19,10 @@ The vLLM server must run with `--trust-request-mm-kwargs`: the pipeline sends pe
 
 The pipeline is synchronous: it is built once, lazily, under a lock, and called in a dedicated
 thread pool of `max_concurrency` threads.
+
+Truncation is not visible here: PaddleX keeps only `choices[0].message.content` of each region's
+answer (paddlex/inference/models/doc_vlm/predictor.py `_doc_vlm_genai_collect_responses`), so a
+region cut at `max_new_tokens` cannot be marked in the page's warnings as the other engines' are.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import httpx
 
 from appliance.gateway.documents import PageImage
 from appliance.gateway.engines._text import blocks_to_markdown, markdown_to_blocks, strip_fences, table_block
-from appliance.gateway.engines.base import ChatClient, Engine, EngineSettings
+from appliance.gateway.engines.base import ChatClient, Engine, EngineSettings, truncation_warning
 from appliance.gateway.protocol import Block, PageResult, Task
 
 GRID = 1000  # Qwen3-VL's relative coordinate range
@@ -42,9 +42,9 @@ class Qwen3VlEngine(Engine):
         self._chat = ChatClient(self.kind, settings, transport=transport)
 
     async def _read(self, page: PageImage, task: Task) -> PageResult:
-        raw = await self._chat.complete(page, PROMPTS[task], max_tokens=self.settings.max_new_tokens)
-        text = strip_fences(raw).strip()
-        warnings: list[str] = []
+        answer = await self._chat.complete(page, PROMPTS[task], max_tokens=self.settings.max_new_tokens)
+        text = strip_fences(answer.text).strip()
+        warnings = [truncation_warning(self.settings.max_new_tokens)] if answer.truncated else []
         if task == Task.layout:
             blocks = parse_qwenvl_html(text, page.width, page.height)
             if not blocks and text:
@@ -53,11 +53,11 @@ class Qwen3VlEngine(Engine):
             return self._result(page, task, blocks_to_markdown(blocks), blocks, warnings)
         if task in (Task.table, Task.chart):
             block = table_block(text, category=task.value)
-            return self._result(page, task, block.text, [block])
+            return self._result(page, task, block.text, [block], warnings)
         if task == Task.formula:
             block = Block(category="formula", text=text)
-            return self._result(page, task, blocks_to_markdown([block]), [block])
-        return self._result(page, task, text, markdown_to_blocks(text))
+            return self._result(page, task, blocks_to_markdown([block]), [block], warnings)
+        return self._result(page, task, text, markdown_to_blocks(text), warnings)
 
     async def aclose(self) -> None:
         await self._chat.aclose()
