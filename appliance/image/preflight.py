@@ -132,8 +132,14 @@ def check_native(python: str = sys.executable, env: dict[str, str] | None = None
 def preflight(
     catalog: Catalog, profile: Profile, vllm_python: str, models_root: Path = Path(MODELS_ROOT)
 ) -> list[Finding]:
+    from concurrent.futures import ThreadPoolExecutor
+
     specs = model_specs(catalog, profile, PurePosixPath(models_root))
-    return check_vllm(vllm_python, specs) + check_native() + check_pipeline(catalog, profile, models_root)
+    # The vLLM side is a subprocess: run the gateway-side checks meanwhile.
+    with ThreadPoolExecutor(1) as pool:
+        vllm_side = pool.submit(check_vllm, vllm_python, specs)
+        gateway_side = check_native() + check_pipeline(catalog, profile, models_root)
+        return vllm_side.result() + gateway_side
 
 
 def run_in_image(ref: str, builder: str, profile: str) -> str:
@@ -141,7 +147,8 @@ def run_in_image(ref: str, builder: str, profile: str) -> str:
     ImageError naming the failures."""
     from appliance.image.tools import PODMAN_RUN
 
-    engine = ["docker", "run"] if builder == "docker" else list(PODMAN_RUN)
+    # podman: no health timer (it would ask systemd, which this host class does not run).
+    engine = ["docker", "run"] if builder == "docker" else [*PODMAN_RUN, "--health-cmd", "none"]
     cmd = [
         *engine, "--rm", "--network", "none", "--entrypoint", "/opt/appliance/venv/bin/appliance",
         ref, "image", "preflight", "--inside", "--profile", profile,
