@@ -78,6 +78,9 @@ class Serve(_Strict):
     # pipeline sends its pixel limits with every request; the gateway's OpenAI pass-through strips
     # the field from client requests, so only our own pipeline can use it.
     trust_request_mm_kwargs: bool = False
+    # Keys vLLM sets on the loaded HF config (`--hf-overrides`), e.g. PaddleOCR-VL's
+    # tie_word_embeddings, which transformers 5's native config turns from the repo's false to true.
+    hf_overrides: dict[str, Any] | None = None
     dtype: str | None = None
     extra_args: list[str] = Field(default_factory=list)
 

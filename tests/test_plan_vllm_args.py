@@ -68,7 +68,10 @@ def test_every_engine_gets_its_flags(profile: str) -> None:
 def test_real_models_specifics() -> None:
     rendered = render_all()
     paddle = rendered["gpu-24gb"]["paddleocr-vl"]
-    assert _flag(paddle, "--served-model-name") == "PaddleOCR-VL-0.9B" and "--trust-remote-code" in paddle
+    assert _flag(paddle, "--served-model-name") == "PaddleOCR-VL-0.9B"
+    # Native transformers 5 classes, and the checkpoint's own lm_head (manifests/facts/paddleocr-vl.yaml).
+    assert "--trust-remote-code" not in paddle
+    assert json.loads(_flag(paddle, "--hf-overrides") or "{}") == {"tie_word_embeddings": False}
     dots = rendered["gpu-12gb"]["dots-ocr"]
     assert json.loads(_flag(dots, "--mm-processor-kwargs") or "{}") == {"max_pixels": 5017600}
 

@@ -29,7 +29,6 @@ from appliance.testing.vllm_server import vllm_server as serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_FILES = {
-    "chat_template.jinja",
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -37,10 +36,34 @@ COMMON_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
+# The rest of each real repo's file set (manifests/facts; tests/test_fidelity.py checks it in full).
 EXTRA_FILES = {
-    "qwen3-vl": {"video_preprocessor_config.json"},
-    "paddleocr-vl": set(),
-    "dots-ocr": {"configuration_dots.py"},
+    "qwen3-vl": {"chat_template.json", "merges.txt", "video_preprocessor_config.json", "vocab.json"},
+    "paddleocr-vl": {
+        "added_tokens.json",
+        "chat_template.jinja",
+        "configuration_paddleocr_vl.py",
+        "image_processing_paddleocr_vl.py",
+        "modeling_paddleocr_vl.py",
+        "processing_paddleocr_vl.py",
+        "processor_config.json",
+        "special_tokens_map.json",
+    },
+    "dots-ocr": {
+        "chat_template.json",
+        "configuration_dots.py",
+        "merges.txt",
+        "modeling_dots_ocr.py",
+        "modeling_dots_ocr_vllm.py",
+        "modeling_dots_vision.py",
+        "special_tokens_map.json",
+        "vocab.json",
+    },
+}
+TEMPLATE_FILE = {
+    "qwen3-vl": "chat_template.json",
+    "paddleocr-vl": "chat_template.jinja",
+    "dots-ocr": "chat_template.json",
 }
 IMAGE_TOKEN = {"qwen3-vl": "<|image_pad|>", "paddleocr-vl": "<|IMAGE_PLACEHOLDER|>", "dots-ocr": "<|imgpad|>"}
 PROMPT = {
@@ -48,7 +71,7 @@ PROMPT = {
     "paddleocr-vl": "OCR:",
     "dots-ocr": "Extract the text content from this image.",
 }
-REMOTE_CODE = {"dots-ocr"}
+REMOTE_CODE = {"dots-ocr"}  # served with --trust-remote-code (manifests/facts)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +132,7 @@ def test_file_set_and_contents(arch: str, tmp_path: Path) -> None:
     assert n_tokens <= text["vocab_size"] and text["vocab_size"] % 64 == 0
     ids = {t["content"]: t["id"] for t in tokenizer["added_tokens"] if t["special"]}
     assert config["image_token_id"] == ids[IMAGE_TOKEN[arch]]
-    assert IMAGE_TOKEN[arch] in (model_dir / "chat_template.jinja").read_text()
+    assert IMAGE_TOKEN[arch] in (model_dir / TEMPLATE_FILE[arch]).read_text()
 
 
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
@@ -155,7 +178,8 @@ def test_weights_match_transformers_model(arch: str, tiny_root: Path) -> None:
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
+    # The repo's own config.json decides: transformers 5 turns PaddleOCR-VL's false into true.
+    if json.loads((model_dir / "config.json").read_text()).get("tie_word_embeddings", True):
         expected.pop("lm_head.weight")
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         ours = {_hub_to_transformers(arch, k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -199,7 +223,10 @@ def test_transformers_loads_config_tokenizer_processor(arch: str, tiny_root: Pat
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT[arch]}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert IMAGE_TOKEN[arch] in prompt and PROMPT[arch] in prompt
-    assert prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if TEMPLATE_FILE[arch] == "chat_template.jinja":  # transformers 5 gives it to the tokenizer too
+        assert prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:  # the legacy chat_template.json is the processor's alone
+        assert tokenizer.chat_template is None
 
     inputs = processor(text=prompt, images=[Image.new("RGB", (96, 64), "white")], return_tensors="np")
     merge = processor.image_processor.merge_size
@@ -231,28 +258,37 @@ def _png(width: int = 96, height: int = 64) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def _production_command(arch: str, tiny_root: Path, port: int) -> tuple[list[str], str]:
+    """The tiny-cpu profile's own vLLM command line for `arch` (the flags the image boots with,
+    which tests/test_fidelity.py ties to the real manifests'), with the generated repo and a free port."""
+    from pathlib import PurePosixPath
+
+    from appliance.manifest import Catalog
+    from appliance.runtime.vllm_args import ENTRYPOINT, vllm_args
+    from appliance.testing.hub import TINY_PROFILE
+
+    catalog = Catalog(REPO_ROOT / "manifests")
+    profile = catalog.profile(TINY_PROFILE)
+    manifest = next(m for m in catalog.profile_models(TINY_PROFILE) if m.engine == arch)
+    entry = next(e for e in profile.models if e.model == manifest.name)
+    assert manifest.name == repo_name(arch) and manifest.serve is not None
+    args = vllm_args(manifest, profile, entry, models_root=PurePosixPath(str(tiny_root.resolve())))
+    args[args.index("--port") + 1] = str(port)
+    return [str(_vllm_python()), *ENTRYPOINT, *args], manifest.serve.served_model_name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> None:
-    python = _vllm_python()
-    model_dir = (tiny_root / repo_name(arch)).resolve()
     port = free_port()
-    served = f"tiny-{arch}"
-    cmd = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", served,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", "2048", "--max-num-seqs", "4",
-        "--limit-mm-per-prompt", '{"image":1}', "--dtype", "bfloat16",
-    ]  # fmt: skip
-    if arch in REMOTE_CODE:
-        cmd.append("--trust-remote-code")
+    cmd, served = _production_command(arch, tiny_root, port)
     with serve(cmd, port, tmp_path / "vllm.log", env=os.environ | OFFLINE) as server:
         to_health = server.seconds_to_health
         image_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
         body = {
             "model": served,
             "max_tokens": 8,
+            "temperature": 0,
             "messages": [
                 {
                     "role": "user",
@@ -280,4 +316,12 @@ def test_vllm_serves_tiny_model(arch: str, tiny_root: Path, tmp_path: Path) -> N
         assert answer["choices"][0]["message"]["role"] == "assistant"
         # Image tokens must be in the prompt, or the vision path was never exercised.
         assert answer["usage"]["prompt_tokens"] > 10, answer["usage"]
+        if arch == "paddleocr-vl":
+            # The checkpoint's marker lm_head emits only these tokens; tied to the embedding (what
+            # transformers 5 makes of the repo's tie_word_embeddings: false without the manifest's
+            # --hf-overrides) it would emit others. Proves vLLM used the checkpoint's own lm_head.
+            from appliance.testing.tiny.paddleocr_vl import MARKER_TOKENS
+
+            text = answer["choices"][0]["message"]["content"]
+            assert len(text) == 8 and set(text) <= set(MARKER_TOKENS), text
         print(f"\n{arch}: /health 200 after {to_health:.1f} s, chat answered in {to_answer:.2f} s")

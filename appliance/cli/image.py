@@ -225,6 +225,9 @@ def build(
     keep_context: Annotated[bool, typer.Option(help="Keep the staged build context (work/image/<profile>).")] = False,
     tini: Annotated[Path | None, typer.Option(help="A static tini to ship (default: apt-get download tini).")] = None,
     supervisord_conf: Annotated[Path | None, typer.Option(help="supervisord.conf to ship (default: rendered).")] = None,
+    preflight_check: Annotated[
+        bool, typer.Option("--preflight/--no-preflight", help="Run `appliance image preflight` on the result.")
+    ] = True,
 ) -> None:
     """Build the profile's image from the verified store: one layer per model, the appliance venv from
     a wheelhouse (pip --no-index), tini as PID 1. docker when a daemon answers, else buildah.
@@ -257,6 +260,49 @@ def build(
     for staged in result.staged:
         out.print(f"  {staged.name}: {staged.linked} files linked, {staged.copied} copied from the store")
     out.print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    if preflight_check:  # the image's last step: a model that would not boot stops the build here
+        from appliance.image.preflight import run_in_image
+
+        started = time.monotonic()
+        print(run_in_image(result.ref, result.builder, profile), end="")
+        out.print(f"  preflight {time.monotonic() - started:.1f}s")
+
+
+@app.command()
+def preflight(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    manifests: ManifestsOpt = None,
+    tag: Annotated[str | None, typer.Option(help="Image (default: the profile's tag).")] = None,
+    builder: BuilderOpt = "auto",
+    inside: Annotated[
+        bool, typer.Option("--inside", help="Run the checks here (inside the image) instead of in a container.")
+    ] = False,
+    models_root: Annotated[Path, typer.Option(help="With --inside: where the models are.")] = Path("/models"),
+    vllm_python: VllmPythonOpt = None,
+) -> None:
+    """Prove every model of the built image boots, with no network and no GPU: per model what vLLM
+    resolves at start-up (entry point, flags, architecture, remote code, config and max_model_len,
+    tokenizer, processor, chat template, one image prompt in the engine's form, extra packages), the
+    gateway's PaddleOCR pipeline and its native libraries. Runs after every `appliance image build`.
+
+    Examples:
+
+      appliance image preflight --profile tiny-cpu
+    """
+    from appliance.image import preflight as checks
+
+    catalog = Catalog(manifests)
+    if not inside:
+        from appliance.image.dockerfile import image_ref
+        from appliance.image.tools import pick_builder
+
+        print(checks.run_in_image(tag or image_ref(profile), pick_builder(builder.lower()), profile), end="")
+        return
+    findings = checks.preflight(catalog, catalog.profile(profile), vllm_python or constants.vllm_python(), models_root)
+    for finding in findings:
+        print(finding.line())  # plain lines: the build reads the FAIL ones back
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
 
 
 @app.command()

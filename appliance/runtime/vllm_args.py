@@ -62,6 +62,8 @@ def vllm_args(
         args.append("--trust-request-mm-kwargs")
     if serve.mm_processor_kwargs:
         args += ["--mm-processor-kwargs", _json(serve.mm_processor_kwargs)]
+    if serve.hf_overrides:
+        args += ["--hf-overrides", _json(serve.hf_overrides)]
     return args + list(serve.extra_args)
 
 

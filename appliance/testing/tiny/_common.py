@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from appliance.testing.tiny._files import dump_json
@@ -67,6 +68,14 @@ def linear(name: str, out_dim: int, in_dim: int, bias: bool = True) -> list[Tens
     return specs
 
 
+def remote_code(package: str, *names: str) -> Files:
+    """Remote-code modules of a tiny repo, from `appliance.testing.tiny.remote_code.<package>`."""
+    from importlib import resources
+
+    root = resources.files(f"appliance.testing.tiny.remote_code.{package}")
+    return {name: root.joinpath(name).read_bytes() for name in names}
+
+
 class Tokenizer:
     """A trained tokenizer: its tokenizer.json text, ids of the special tokens, padded vocab size."""
 
@@ -75,6 +84,23 @@ class Tokenizer:
         self.ids = {t: i for i, t in enumerate(special_tokens)}
         self.vocab_size = vocab_size(self.size)
 
+    def token_id(self, token: str) -> int:
+        vocab: dict[str, int] = json.loads(self.json)["model"]["vocab"]
+        return vocab[token]
+
+    def slow_files(self) -> Files:
+        """vocab.json + merges.txt, the files Qwen2's slow tokenizer reads (real Qwen repos ship both)."""
+        model = json.loads(self.json)["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        return {
+            "vocab.json": (json.dumps(model["vocab"], ensure_ascii=False, sort_keys=True) + "\n").encode(),
+            "merges.txt": ("#version: 0.2\n" + "".join(f"{m}\n" for m in merges)).encode(),
+        }
+
+    def special_tokens_map(self, **roles: str) -> dict[str, Any]:
+        """special_tokens_map.json: the role tokens plus every added special token."""
+        return {**roles, "additional_special_tokens": list(self.ids)}
+
 
 def repo_files(
     *,
@@ -82,19 +108,29 @@ def repo_files(
     tokenizer: Tokenizer,
     tokenizer_config: dict[str, Any],
     chat_template: str,
+    chat_template_file: str,
     generation_config: dict[str, Any],
     tensors: list[TensorSpec],
     seed: int,
     extra: dict[str, Any] | None = None,
 ) -> Files:
-    """The files every tiny repo has; `extra` maps further names to JSON objects or raw bytes."""
+    """The files every tiny repo has; `extra` maps further names to JSON objects or raw bytes.
+
+    `chat_template_file` is where the real repo keeps its template: `chat_template.jinja` (read by
+    transformers 5 for tokenizer and processor) or the legacy `chat_template.json` (processor only).
+    """
+    if chat_template_file == "chat_template.jinja":
+        template = chat_template.encode()
+    elif chat_template_file == "chat_template.json":
+        template = dump_json({"chat_template": chat_template}).encode()
+    else:
+        raise ValueError(f"unknown chat template file {chat_template_file}")
     files: Files = {
         "config.json": dump_json(config).encode(),
         "generation_config.json": dump_json(generation_config).encode(),
         "tokenizer.json": tokenizer.json.encode(),
         "tokenizer_config.json": dump_json(tokenizer_config).encode(),
-        # transformers 5 reads chat_template.jinja for both the tokenizer and the processor.
-        "chat_template.jinja": chat_template.encode(),
+        chat_template_file: template,
         "model.safetensors": safetensors_bytes(tensors, seed),
     }
     for name, obj in (extra or {}).items():

@@ -16,8 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-Init = Literal["normal", "ones", "zeros"]
+Init = Literal["normal", "ones", "zeros", "marker"]
 STD = 0.02  # the init range of the real configs (initializer_range)
+MARK = 4.0  # "marker" rows: large enough that their logits (±4·Σh) beat every zero row
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     init: Init = "normal"
+    # "marker": a zero matrix whose row rows[0] is +MARK and row rows[1] is -MARK. As an lm_head it
+    # makes greedy decoding emit only those two tokens (one of ±Σh is positive, every other logit 0)
+    # — output that proves which head was used.
+    rows: tuple[int, ...] = ()
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -38,6 +43,11 @@ def draw(spec: TensorSpec, seed: int) -> np.ndarray:
         return np.ones(spec.shape, dtype=np.float32)
     if spec.init == "zeros":
         return np.zeros(spec.shape, dtype=np.float32)
+    if spec.init == "marker":
+        values = np.zeros(spec.shape, dtype=np.float32)
+        values[spec.rows[0]] = MARK
+        values[spec.rows[1]] = -MARK
+        return values
     return _rng(seed, spec.name).normal(0.0, STD, size=spec.shape).astype(np.float32)
 
 

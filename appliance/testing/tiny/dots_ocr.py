@@ -1,12 +1,13 @@
-"""Tiny dots.ocr (`DotsOCRForCausalLM`): the layout of rednote-hilab/dots.ocr.
+"""Tiny dots.ocr (`DotsOCRForCausalLM`): the structure of rednote-hilab/dots.ocr (manifests/facts/dots-ocr.yaml).
 
-The repo carries `configuration_dots.py` (auto_map, served with --trust-remote-code); vLLM brings
-its own model code. Weights: a Qwen2 causal LM state dict plus `vision_tower.*`.
+The repo carries the real repo's remote-code modules: `configuration_dots.py` (config classes and
+the `DotsVLProcessor`, both registered with transformers at import; named by `auto_map` in
+config.json and preprocessor_config.json, served with --trust-remote-code) and the `modeling_*.py`
+files vLLM never imports. The chat template is the legacy `chat_template.json`. vLLM brings its own
+model code. Weights: a Qwen2 causal LM state dict plus `vision_tower.*`.
 """
 
 from __future__ import annotations
-
-from importlib import resources
 
 from appliance.testing.tiny._common import (
     HEADS,
@@ -21,6 +22,7 @@ from appliance.testing.tiny._common import (
     embedding_tensors,
     layer_norm,
     linear,
+    remote_code,
     repo_files,
 )
 from appliance.testing.tiny._weights import TensorSpec
@@ -45,7 +47,12 @@ SPECIAL_TOKENS = [
 ]
 
 PATCH, MERGE = 14, 2
-CONFIG_MODULE = "configuration_dots.py"
+REMOTE_CODE = (
+    "configuration_dots.py",
+    "modeling_dots_ocr.py",
+    "modeling_dots_ocr_vllm.py",
+    "modeling_dots_vision.py",
+)
 
 CHAT_TEMPLATE = r"""{%- for message in messages %}
 {%- if message.role == 'system' %}
@@ -109,17 +116,16 @@ def _vision_tensors() -> list[TensorSpec]:
     return specs
 
 
-def config_module_source() -> bytes:
-    return resources.files("appliance.testing.tiny.remote_code").joinpath(CONFIG_MODULE).read_bytes()
-
-
 def build(seed: int) -> Files:
     tok = Tokenizer(SPECIAL_TOKENS)
     ids = tok.ids
     config = {
         "architectures": ["DotsOCRForCausalLM"],
         "model_type": "dots_ocr",
-        "auto_map": {"AutoConfig": "configuration_dots.DotsOCRConfig"},
+        "auto_map": {
+            "AutoConfig": "configuration_dots.DotsOCRConfig",
+            "AutoModelForCausalLM": "modeling_dots_ocr.DotsOCRForCausalLM",
+        },
         "dtype": "bfloat16",
         "vocab_size": tok.vocab_size,
         "hidden_size": HIDDEN,
@@ -182,6 +188,7 @@ def build(seed: int) -> Files:
             "extra_special_tokens": {"image_token": "<|imgpad|>", "video_token": "<|video_pad|>"},
         },
         chat_template=CHAT_TEMPLATE,
+        chat_template_file="chat_template.json",
         generation_config={
             "bos_token_id": ids["<|endoftext|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -191,17 +198,22 @@ def build(seed: int) -> Files:
         tensors=tensors,
         seed=seed,
         extra={
-            CONFIG_MODULE: config_module_source(),
+            **remote_code("dots_ocr", *REMOTE_CODE),
+            **tok.slow_files(),
+            "special_tokens_map.json": tok.special_tokens_map(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
             "preprocessor_config.json": {
                 "image_processor_type": "Qwen2VLImageProcessor",
-                "processor_class": "Qwen2VLProcessor",
+                "processor_class": "DotsVLProcessor",
+                "auto_map": {"AutoProcessor": "configuration_dots.DotsVLProcessor"},
                 "patch_size": PATCH,
                 "temporal_patch_size": 1,
                 "merge_size": MERGE,
                 # CLIP statistics, as the real dots.ocr preprocessor
                 "image_mean": [0.48145466, 0.4578275, 0.40821073],
                 "image_std": [0.26862954, 0.26130258, 0.27577711],
-                "size": {"shortest_edge": 56 * 56, "longest_edge": MAX_PIXELS},
+                # The real file's form: min/max_pixels, no `size`.
+                "min_pixels": 56 * 56,
+                "max_pixels": MAX_PIXELS,
             },
         },
     )

@@ -1,8 +1,14 @@
-"""Tiny PaddleOCR-VL: the layout of PaddlePaddle/PaddleOCR-VL, served without remote code.
+"""Tiny PaddleOCR-VL: the structure of PaddlePaddle/PaddleOCR-VL (manifests/facts/paddleocr-vl.yaml).
 
-transformers 5 has the architecture natively (`PaddleOCRVLForConditionalGeneration`); the
-checkpoint keeps the hub's key names (`visual.`, `mlp_AR.`, `model.`), which both transformers'
-conversion mapping and vLLM's weight mapper expect.
+Same files (remote-code modules named by `auto_map` included), the flat config with `rope_scaling`
+and `tie_word_embeddings: false`, a preprocessor config with `min_pixels`/`max_pixels` and
+`auto_map`, the template in `chat_template.jinja`. Served without remote code: transformers 5 has
+the architecture natively. The checkpoint keeps the hub's key names (`visual.`, `mlp_AR.`,
+`model.`, `lm_head.`), which transformers' conversion mapping and vLLM's weight mapper expect.
+
+Its `lm_head` differs from the embedding (a "marker" head, see `_weights.TensorSpec`): greedy
+output made only of MARKER_TOKENS proves the server used the checkpoint's head, not the embedding
+that a `tie_word_embeddings: true` config would tie in its place.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from appliance.testing.tiny._common import (
     embedding_tensors,
     layer_norm,
     linear,
+    remote_code,
     repo_files,
 )
 from appliance.testing.tiny._weights import TensorSpec
@@ -40,6 +47,18 @@ SPECIAL_TOKENS = [
 ]
 
 PATCH, MERGE = 14, 2
+MARKER_TOKENS = ("A", "B")  # the only tokens the marker lm_head lets greedy decoding pick
+REMOTE_CODE = (
+    "configuration_paddleocr_vl.py",
+    "image_processing_paddleocr_vl.py",
+    "modeling_paddleocr_vl.py",
+    "processing_paddleocr_vl.py",
+)
+AUTO_MAP = {
+    "AutoConfig": "configuration_paddleocr_vl.PaddleOCRVLConfig",
+    "AutoModel": "modeling_paddleocr_vl.PaddleOCRVLForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_paddleocr_vl.PaddleOCRVLForConditionalGeneration",
+}
 IMAGE_SIZE = 384  # SigLIP position grid 27 x 27, interpolated for other sizes
 
 CHAT_TEMPLATE = r"""{{- '<|begin_of_sentence|>' }}
@@ -110,6 +129,7 @@ def build(seed: int) -> Files:
     config = {
         "architectures": ["PaddleOCRVLForConditionalGeneration"],
         "model_type": "paddleocr_vl",
+        "auto_map": AUTO_MAP,
         "dtype": "bfloat16",
         "vocab_size": tok.vocab_size,
         "hidden_size": HIDDEN,
@@ -124,12 +144,15 @@ def build(seed: int) -> Files:
         "use_bias": False,
         "use_cache": True,
         "initializer_range": 0.02,
-        "tie_word_embeddings": True,
+        # As the real config. transformers 5's native config turns it into true; the served flags
+        # override it back (manifests/facts/paddleocr-vl.yaml, `vllm`).
+        "tie_word_embeddings": False,
         "pad_token_id": ids["<unk>"],
         "bos_token_id": ids["<s>"],
         "eos_token_id": ids["</s>"],
-        # Multimodal rope; the (t, h, w) sections sum to head_dim / 2.
-        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [8, 12, 12]},
+        # Multimodal rope in the real config's (transformers 4) form; sections sum to head_dim / 2.
+        "rope_theta": 500000.0,
+        "rope_scaling": {"mrope_section": [8, 12, 12], "rope_type": "default", "type": "default"},
         "image_token_id": ids["<|IMAGE_PLACEHOLDER|>"],
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|IMAGE_START|>"],
@@ -147,11 +170,15 @@ def build(seed: int) -> Files:
             "layer_norm_eps": 1e-6,
         },
     }
+    marker_rows = tuple(tok.token_id(t) for t in MARKER_TOKENS)
     tensors = [
         *_vision_tensors(),
         *embedding_tensors("model.", tok.vocab_size),
         *decoder_tensors("model."),
-    ]  # lm_head is tied to embed_tokens
+        TensorSpec("lm_head.weight", (tok.vocab_size, HIDDEN), "marker", marker_rows),
+    ]
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+             "cls_token": "<|begin_of_sentence|>", "sep_token": "<|end_of_sentence|>"}  # fmt: skip
     return repo_files(
         config=config,
         tokenizer=tok,
@@ -171,6 +198,7 @@ def build(seed: int) -> Files:
             "extra_special_tokens": {"image_token": "<|IMAGE_PLACEHOLDER|>"},
         },
         chat_template=CHAT_TEMPLATE,
+        chat_template_file="chat_template.jinja",
         generation_config={
             "pad_token_id": ids["<unk>"],
             "bos_token_id": ids["<s>"],
@@ -180,15 +208,25 @@ def build(seed: int) -> Files:
         tensors=tensors,
         seed=seed,
         extra={
+            **remote_code("paddleocr_vl", *REMOTE_CODE),
+            "added_tokens.json": dict(tok.ids),
+            "special_tokens_map.json": tok.special_tokens_map(**roles),
+            # The remote processor's form: pixel limits as min/max_pixels, no `size`.
             "preprocessor_config.json": {
                 "image_processor_type": "PaddleOCRVLImageProcessor",
                 "processor_class": "PaddleOCRVLProcessor",
+                "auto_map": {
+                    "AutoImageProcessor": "image_processing_paddleocr_vl.PaddleOCRVLImageProcessor",
+                    "AutoProcessor": "processing_paddleocr_vl.PaddleOCRVLProcessor",
+                },
                 "patch_size": PATCH,
                 "temporal_patch_size": 1,
                 "merge_size": MERGE,
                 "image_mean": [0.5, 0.5, 0.5],
                 "image_std": [0.5, 0.5, 0.5],
-                "size": {"shortest_edge": 112 * 112, "longest_edge": MAX_PIXELS},
+                "min_pixels": 112 * 112,
+                "max_pixels": MAX_PIXELS,
             },
+            "processor_config.json": {"processor_class": "PaddleOCRVLProcessor"},
         },
     )

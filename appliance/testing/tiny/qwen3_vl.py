@@ -1,4 +1,9 @@
-"""Tiny Qwen3-VL (`Qwen3VLForConditionalGeneration`): the layout of Qwen/Qwen3-VL-*-Instruct."""
+"""Tiny Qwen3-VL (`Qwen3VLForConditionalGeneration`): the structure of Qwen/Qwen3-VL-*-Instruct.
+
+Facts: manifests/facts/qwen3-vl-*.yaml — nested config with `rope_scaling`, the fast image
+processor, the template in the legacy `chat_template.json`, vocab.json + merges.txt beside
+tokenizer.json, no remote code.
+"""
 
 from __future__ import annotations
 
@@ -122,13 +127,9 @@ def build(seed: int) -> Files:
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "dtype": "bfloat16",
-        # Interleaved multimodal rope; the (t, h, w) sections sum to head_dim / 2.
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5000000.0,
-            "mrope_section": [12, 10, 10],
-            "mrope_interleaved": True,
-        },
+        # Interleaved multimodal rope in the real config's form; sections sum to head_dim / 2.
+        "rope_theta": 5000000.0,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [12, 10, 10], "rope_type": "default"},
     }
     vision_config = {
         "model_type": "qwen3_vl",
@@ -192,6 +193,7 @@ def build(seed: int) -> Files:
             },
         },
         chat_template=CHAT_TEMPLATE,
+        chat_template_file="chat_template.json",
         generation_config={
             "bos_token_id": ids["<|endoftext|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -205,9 +207,10 @@ def build(seed: int) -> Files:
         tensors=tensors,
         seed=seed,
         extra={
+            **tok.slow_files(),
             "preprocessor_config.json": {
                 **vision_proc,
-                "image_processor_type": "Qwen2VLImageProcessor",
+                "image_processor_type": "Qwen2VLImageProcessorFast",
                 "size": {"shortest_edge": 64 * 64, "longest_edge": MAX_PIXELS},
             },
             "video_preprocessor_config.json": {

@@ -5,11 +5,16 @@ neither transformers nor vLLM registers the `dots_ocr` model type. vLLM only che
 `DotsOCRConfig` and reads the attributes set here. Self-contained on purpose: transformers imports
 this file alone from the model directory. Written for transformers 4 and 5 (`__init__` style, which
 transformers 5 still accepts from remote code).
+
+Like the real repo's file it also defines the processor (`preprocessor_config.json` names it in
+`auto_map.AutoProcessor`) and registers both with transformers when imported: that import-time
+registration is what vLLM's processor loading goes through, so the tiny repo must do it too.
 """
 
 from typing import Any
 
-from transformers import PretrainedConfig, Qwen2Config
+from transformers import AutoProcessor, PretrainedConfig, Qwen2_5_VLProcessor, Qwen2Config
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
 class DotsVisionConfig(PretrainedConfig):
@@ -70,4 +75,15 @@ class DotsOCRConfig(Qwen2Config):
             self.vision_config = DotsVisionConfig(**(vision_config or {}))
 
 
-__all__ = ["DotsOCRConfig", "DotsVisionConfig"]
+class DotsVLProcessor(Qwen2_5_VLProcessor):
+    # As the real one: image token from the tokenizer, else dots' own; no video processor passed.
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.image_token = "<|imgpad|>" if not hasattr(tokenizer, "image_token") else tokenizer.image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+
+AutoProcessor.register("dots_ocr", DotsVLProcessor)
+CONFIG_MAPPING.register("dots_ocr", DotsOCRConfig)
+
+__all__ = ["DotsOCRConfig", "DotsVLProcessor", "DotsVisionConfig"]
