@@ -90,7 +90,33 @@ def _each_value(v: Any, check: Callable[..., None]) -> Any:
     return v
 
 
+def _document_checks(schema: dict[str, Any]) -> None:
+    """The JSON Schema says what the validators below check, so generated clients and fuzzers know it
+    (minPixels ≤ maxPixels aside: JSON Schema cannot compare two values)."""
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    unit = {"type": "number", "minimum": 0, "maximum": 1}
+    ratio = {"anyOf": [positive, {"type": "array", "items": positive, "minItems": 2, "maxItems": 2}]}
+    merge = {"type": "string", "enum": list(_MERGE_MODES)}
+
+    def optional(one: dict[str, Any], per_class: bool = False) -> dict[str, Any]:
+        forms = [one, {"type": "object", "additionalProperties": one}] if per_class else [one]
+        return {"anyOf": [*forms, {"type": "null"}]}
+
+    schema["properties"] |= {
+        "outputFormats": optional({"type": "array", "items": {"enum": sorted(SUPPORTED_OUTPUT_FORMATS)}}),
+        "topP": optional({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+        "temperature": optional({"type": "number", "minimum": 0}),
+        "repetitionPenalty": optional(positive),
+        "promptLabel": optional({"type": "string", "enum": list(_PROMPT_LABELS)}),
+        "layoutThreshold": optional(unit, per_class=True),
+        "layoutUnclipRatio": optional(ratio, per_class=True),
+        "layoutMergeBboxesMode": optional(merge, per_class=True),
+    }
+
+
 class InferRequest(OutputFormatsMixin, BaseInferRequest):
+    model_config = ConfigDict(json_schema_extra=_document_checks)
+
     useDocOrientationClassify: bool | None = None
     useDocUnwarping: bool | None = None
     useLayoutDetection: bool | None = None
