@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Annotated, Literal
+from typing import Literal
 
 import httpx
 from fastapi import APIRouter, Request
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from appliance.errors import DocumentError, DocumentTooLargeError, EngineUnavailable, GatewayError
 from appliance.gateway import openapi, paddlex_compat
 from appliance.gateway.documents import DEFAULT_DPI
+from appliance.gateway.openapi import JsonInt
 from appliance.gateway.protocol import DocumentResult, Task
 from appliance.gateway.serving import LayoutParsingService, OcrService
 
@@ -36,7 +37,7 @@ class OcrOptions(BaseModel):
 
     engine: EngineName = Field("auto", description="engine to use; auto: the first ready one that supports the task")
     task: Task = Field(Task.layout, description="what to read")
-    dpi: Annotated[int, Field(ge=36, le=600, description="PDF rendering resolution")] = DEFAULT_DPI
+    dpi: JsonInt = Field(DEFAULT_DPI, ge=36, le=600, description="PDF rendering resolution")
     pages: str | None = Field(
         None, description='PDF/TIFF page range, e.g. "1-3" or "2-" (1-based)', max_length=32, pattern=PAGES_PATTERN
     )
