@@ -89,6 +89,7 @@ def create_app(
             "Send `Authorization: Bearer <key>` on every route but the probes."
         ),
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationId: generated clients' function names
     )
     app.include_router(probes.router)
     protected = [Depends(auth)]
@@ -99,6 +100,7 @@ def create_app(
         _metrics_endpoint(metrics),
         dependencies=protected,
         summary="Prometheus metrics",
+        name="metrics",
         response_class=Response,
         responses=openapi.METRICS,
     )

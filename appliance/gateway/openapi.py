@@ -232,7 +232,10 @@ def document(
             for operation in item.values():
                 operation["security"] = [{SECURITY_SCHEME: []}]
     form = schemas["OcrUpload"]["properties"]
-    form["pages"] = {k: v for k, v in form["pages"].items() if k != "anyOf"} | form["pages"]["anyOf"][0]  # no null
+    # a form has no null: pages is a string or absent
+    form["pages"] = {k: v for k, v in form["pages"].items() if k not in ("anyOf", "default")} | form["pages"]["anyOf"][
+        0
+    ]
     schemas["OcrJsonRequest"]["properties"]["file"]["minLength"] = 1  # an empty upload is refused (400)
     schemas["InferRequest"]["properties"]["file"]["minLength"] = 1
     # An engine that lacks a task answers 422 (dots.ocr reads no charts): the schema says so.
