@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,17 @@ def test_generated_client(spec: dict[str, Any], tmp_path: Path) -> None:
                    "models.infer_request"):  # fmt: skip
         openapi_client.submodule(module)
     assert json.dumps(spec)  # the document round-trips as JSON
+
+
+def test_readme_links_every_route_to_its_documented_operation(spec: dict[str, Any]) -> None:
+    from urllib.parse import unquote
+
+    readme = (REPO / "README.md").read_text()
+    linked = {tuple(unquote(m).split("/")) for m in re.findall(r"localhost:8080/docs#/([^)\s]+)", readme)}
+    documented = {
+        (op.get("tags", ["default"])[0], op["operationId"]) for item in spec["paths"].values() for op in item.values()
+    }
+    assert linked == documented  # Swagger's deep links are #/<first tag>/<operationId>
+    section = readme.split("## The REST API")[1].split("\n## ")[0]
+    names = set(re.findall(r"`([A-Z]\w*[a-z]\w*)`", section))
+    assert len(names) >= 10 and names <= set(spec["components"]["schemas"]), names - set(spec["components"]["schemas"])
