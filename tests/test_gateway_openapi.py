@@ -166,3 +166,13 @@ def test_readme_links_every_route_to_its_documented_operation(spec: dict[str, An
     section = readme.split("## The REST API")[1].split("\n## ")[0]
     names = set(re.findall(r"`([A-Z]\w*[a-z]\w*)`", section))
     assert len(names) >= 10 and names <= set(spec["components"]["schemas"]), names - set(spec["components"]["schemas"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"stream": 0}, {"max_tokens": "8"}, {"max_tokens": True}, {"messages": [{"role": "robot"}]}, {"messages": {}}],
+)
+def test_chat_body_the_schema_forbids_never_reaches_the_engine(client: TestClient, change: dict[str, Any]) -> None:
+    body = {"model": "dots-ocr", "messages": [{"role": "user", "content": "hi"}]} | change
+    answer = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body)
+    assert answer.status_code == 400 and "invalid request" in answer.json()["error"]["message"], answer.text

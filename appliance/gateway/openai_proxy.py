@@ -12,6 +12,7 @@ import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from appliance.gateway import openapi
 from appliance.gateway.upstreams import Upstreams
@@ -106,6 +107,11 @@ async def chat_completions(request: Request) -> Response:
         return error(
             400, f"only data: URLs are accepted (air-gapped appliance), got {remote[0]!r}", "invalid_request_error"
         )
+    try:
+        openapi.ChatCompletionRequest.model_validate(body, strict=True)  # what the document says, no coercion
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        return error(400, f"invalid request: {problems}", "invalid_request_error")
     if body.pop("mm_processor_kwargs", None) is not None:
         raw = json.dumps(body).encode()  # else the client's bytes go as they came: no re-serialising
     return await forward(request, upstream, "/v1/chat/completions", raw, stream=bool(body.get("stream")))

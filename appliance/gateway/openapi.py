@@ -52,9 +52,13 @@ WHY: dict[int, str] = {
     504: "the engine did not answer in time",
 }
 RETRY_AFTER = {
-    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
 }
-WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`", "required": True, "schema": {"const": "Bearer"}}}
 
 
 def responses(*statuses: int, model: type[BaseModel] = ErrorResponse, why: dict[int, str] | None = None) -> dict:
@@ -110,20 +114,32 @@ class ImagePart(BaseModel):
     image_url: ImageUrl
 
 
+class VideoUrl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str = Field(pattern="^data:", description="inline `data:` URL only: the appliance fetches nothing")
+
+
+class VideoPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["video_url"]
+    video_url: VideoUrl
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart | ImagePart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart | ImagePart | VideoPart] | None = None
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request; fields not listed are relayed to vLLM as sent."""
+    """OpenAI's request, checked strictly by the gateway before it goes to vLLM (whose own checks
+    coerce `"stream": 0` or `"max_tokens": "8"`); fields not listed are relayed as sent."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(description="a served model name (GET /v1/models)")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage]
     stream: bool | None = False
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveJsonInt | None = None
 
 
 class ChatCompletion(BaseModel):
