@@ -80,9 +80,12 @@ def test_document_is_valid_openapi(spec: dict[str, Any]) -> None:
 
     validate(spec)
     assert spec["openapi"].startswith("3.1")
+    # openapi-spec-validator 0.9.0 resolves the $refs of responses but not of request bodies (a
+    # dangling one there passes): resolve every one.
+    _no_dangling_ref(spec)
 
 
-def test_no_dangling_ref(spec: dict[str, Any]) -> None:
+def _no_dangling_ref(spec: dict[str, Any]) -> None:
     refs = set(_refs(spec))
     assert refs, "the document has no $ref at all: the walk is broken"
     for ref in sorted(refs):

@@ -172,7 +172,7 @@ def test_generated_client_against_the_stack(stack: Stack, gateway: httpx.Client,
 SCHEMATHESIS_EXAMPLES = 50
 
 
-def test_schemathesis_every_check(stack: Stack) -> None:
+def test_schemathesis_every_check(stack: Stack, tmp_path: Path) -> None:
     """Schemathesis' own CLI with every check (server errors, status codes, content types, headers and
     bodies against the document, positive data accepted, negative data refused, auth not ignored),
     positive and negative data, against the real run time: any finding fails."""
@@ -183,7 +183,9 @@ def test_schemathesis_every_check(stack: Stack) -> None:
         "--header", f"Authorization: Bearer {KEY}", "--workers", "1", "--request-timeout", "120",
         "--seed", "14", "--no-color", "--warnings", "off",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    env = dict(os.environ, SCHEMATHESIS_HOOKS=str(REPO / "tests/schemathesis_hooks.py"))
+    # cwd: schemathesis keeps a cache of findings in ./.schemathesis
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-20000:]
     print(output[output.find("Test cases:") :])  # pytest -rP shows how many cases ran
