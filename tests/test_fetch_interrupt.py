@@ -51,7 +51,9 @@ def test_ctrl_c_stops_a_hub_fetch_within_a_second(start_mirror, manifests: Manif
     _, stderr = child.communicate(timeout=30)
     elapsed = time.monotonic() - sent
     lines = [line for line in stderr.splitlines() if "interrupted" in line]
-    assert child.returncode == 130 and elapsed < 3, (elapsed, stderr)
+    # the big file needs 30 s more: far less proves it was abandoned, not awaited (a busy CI host is
+    # allowed its scheduling delays)
+    assert child.returncode == 130 and elapsed < 10, (elapsed, stderr)
     assert len(lines) == 1 and "partial files kept" in lines[0] and "appliance fetch" in lines[0], stderr
     assert "Traceback" not in stderr
     assert not (store / "m").exists() and read_lock(manifests.root / "locks" / "m.lock.json") is None
