@@ -321,6 +321,7 @@ class FakePipeline:
         self.kwargs = kwargs
         self.recorded = recorded
         self.calls: list[dict[str, Any]] = []
+        self.layout_det_model = lambda *args, **kwargs: iter(())  # the engine wraps it in a lock
 
     def predict(self, image: Any, **kwargs: Any) -> list[FakeResult]:
         self.calls.append({"shape": image.shape, **kwargs})
