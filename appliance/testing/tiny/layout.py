@@ -16,6 +16,7 @@ fixed fractions of the page: a page read with another page's `scale_factor` gets
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -83,6 +84,11 @@ paddle.static.save_inference_model(out, [im_shape, image, scale_factor], [bbox, 
 
 def build_files() -> dict[str, bytes]:
     """The layout sub-folder's files (relative to `PP-DocLayoutV2/`), built by a child paddle."""
+    return dict(_build())
+
+
+@functools.cache  # a paddle child process (~4 s): once per process
+def _build() -> dict[str, bytes]:
     from paddlex.modules.base.utils.pdparams2safetensors.inference_meta import build_inference_meta
 
     meta = {"Global": {"model_name": MODEL_NAME}, **build_inference_meta(MODEL_NAME)}
