@@ -2,8 +2,9 @@
 
 The VL side is a recording fake OpenAI server (no vLLM): it answers each region with the prompt
 and the crop's size, so the Markdown and blocks show which crop went with which prompt. That makes
-the concurrency test exact and cheap: 64 mixed concurrent reads must give each page's structure as
-read alone. Without the layout guard (`guard_layout_model`) pages of different sizes get layouts
+the concurrency test exact and cheap: 64 mixed concurrent requests (PNG and two-page PDFs of
+different page sizes; /v1/ocr with layout and single-task, /layout-parsing) must give each page's
+structure as read alone. Without the layout guard (`guard_layout_model`) pages of different sizes get layouts
 computed with another page's `scale_factor` (DESIGN §14) and the test fails.
 """
 
@@ -19,13 +20,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageDraw
 
+from appliance.gateway import paddlex_compat as compat
 from appliance.gateway.documents import PageImage
 from appliance.gateway.engines import EngineSettings, PaddleOcrVlEngine
 from appliance.gateway.engines.paddleocr_vl import _SerializedPredictor, paddle_offline_env
 from appliance.gateway.protocol import PageResult, Task
+from appliance.gateway.serving import LayoutParsingService, OcrService
 from appliance.testing.tiny import layout
 
 pytest.importorskip("paddlex")
@@ -76,7 +80,7 @@ def layout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test: the engine's asyncio semaphore belongs to one event loop
 def engine(upstream: tuple[str, list[dict[str, Any]]], layout_dir: Path) -> Iterator[PaddleOcrVlEngine]:
     import os
 
@@ -99,6 +103,7 @@ def _structure(result: PageResult) -> list[tuple[str, list[int] | None, str]]:
 
 
 def _expected_blocks(width: int, height: int) -> list[tuple[str, list[int]]]:
+    """Label and box of each generated region on a page of this size (PaddleX's labels: doc_title…)."""
     return [(label, [round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)])
             for _, label, x1, y1, x2, y2 in layout.REGIONS]  # fmt: skip
 
@@ -109,7 +114,60 @@ def _near(bbox: list[int] | None, box: list[int]) -> bool:
 
 
 SIZES = [(620, 877), (1000, 1400), (1400, 1000), (800, 800), (1240, 1754), (500, 700), (900, 1300), (1100, 600)]
-TASKS = [Task.layout, Task.layout, Task.layout, Task.table]  # mostly layout, the gateway's default
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    _page(*size).image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pdf(sizes: list[tuple[int, int]]) -> bytes:
+    """Pages of different sizes in points: rendered at 72 dpi they are these pixel sizes."""
+    pdf = pdfium.PdfDocument.new()
+    for width, height in sizes:
+        pdf.new_page(width, height)
+    buffer = io.BytesIO()
+    pdf.save(buffer)
+    return buffer.getvalue()
+
+
+# (API, document, task): /v1/ocr with layout (the default) and single-task, /layout-parsing
+KINDS = [
+    ("ocr", "png", Task.layout),
+    ("ocr", "pdf", Task.layout),
+    ("parsing", "png", Task.layout),
+    ("ocr", "png", Task.table),
+    ("parsing", "pdf", Task.layout),
+    ("ocr", "png", Task.layout),
+    ("ocr", "pdf", Task.formula),
+    ("ocr", "png", Task.layout),
+]
+
+
+def _document(kind: str, i: int) -> bytes:
+    if kind == "png":
+        return _png(SIZES[i % len(SIZES)])
+    return _pdf([SIZES[i % len(SIZES)][::-1], SIZES[(i + 3) % len(SIZES)]])  # two pages, two sizes
+
+
+async def _read(service: LayoutParsingService, api: str, data: bytes, task: Task) -> list[Any]:
+    """The structure of every page's answer: regions, labels, boxes, order, what was read with which prompt."""
+    if api == "ocr":
+        result = await service.ocr.read(data, engine="paddleocr-vl", task=task, dpi=72)
+        return [(p.width, p.height, _structure(p), p.markdown) for p in result.pages]
+    from paddlex.inference.serving.infra import models
+    from paddlex.inference.serving.schemas import paddleocr_vl
+
+    body = compat.dump(await service.infer(compat.InferRequest(file=base64.b64encode(data).decode())))
+    parsed = models.AIStudioResultResponse[paddleocr_vl.InferResult].model_validate(body)  # PaddleX's own models
+    pages = []
+    for page in parsed.result.layoutParsingResults:
+        pruned = page.prunedResult
+        regions = [(b["block_label"], b["block_bbox"], b["block_content"], b["block_order"])
+                   for b in pruned["parsing_res_list"]]  # fmt: skip
+        pages.append((pruned["width"], pruned["height"], regions, page.markdown.text))
+    return pages
 
 
 def test_layout_page_goes_region_by_region_to_the_vl_server(
@@ -133,7 +191,43 @@ def test_layout_page_goes_region_by_region_to_the_vl_server(
     ]  # fmt: skip
 
 
-def test_64_concurrent_reads_keep_each_pages_structure(engine: PaddleOcrVlEngine) -> None:
+def test_64_concurrent_mixed_requests_keep_each_pages_structure(
+    engine: PaddleOcrVlEngine, upstream: tuple[str, list[dict[str, Any]]]
+) -> None:
+    service = LayoutParsingService(OcrService({"paddleocr-vl": engine}))
+    jobs = [(*KINDS[i % len(KINDS)], i % 11) for i in range(64)]
+    docs = {(doc, i): _document(doc, i) for _, doc, _, i in jobs}
+
+    async def alone() -> dict[Any, list[Any]]:
+        return {job: await _read(service, job[0], docs[job[1], job[3]], job[2]) for job in sorted(set(jobs))}
+
+    async def together() -> list[list[Any]]:
+        return list(await asyncio.gather(*(_read(service, api, docs[doc, i], task) for api, doc, task, i in jobs)))
+
+    expected = asyncio.run(alone())
+    for (_, _, task, _), pages in expected.items():
+        for width, height, regions, _ in pages:
+            if task == Task.layout:  # the layout model's boxes are a function of the page's size
+                labels = [r[0] for r in regions]
+                assert len(regions) == len(layout.REGIONS) and labels[4] == "image", labels
+                for region, (_, box) in zip(regions, _expected_blocks(width, height), strict=True):
+                    assert _near(region[1], box)
+    requests = upstream[1]
+    requests.clear()
+    results = asyncio.run(together())
+    wrong = [job for job, pages in zip(jobs, results, strict=True) if pages != expected[job]]
+    assert not wrong, f"{len(wrong)} of 64 requests read with another page's layout: {wrong[:4]}"
+    # every text-like region of every page reached the VL server once, with its prompt
+    pages = [p for pages in results for p in pages]
+    assert len(requests) == sum(len([r for r in regions if r[0] != "image"]) for _, _, regions, _ in pages)
+    assert isinstance(engine.pipeline().paddlex_pipeline._pipeline.layout_det_model, _SerializedPredictor)
+
+
+TASKS = [Task.layout, Task.layout, Task.layout, Task.table]  # mostly layout, the gateway's default
+
+
+def test_64_concurrent_page_reads_keep_each_pages_structure(engine: PaddleOcrVlEngine) -> None:
+    """The race at its sharpest: pages straight to the engine, no decoding in between."""
     jobs = [(SIZES[i % len(SIZES)], TASKS[(i // len(SIZES)) % len(TASKS)]) for i in range(64)]
 
     async def alone() -> dict[Any, Any]:
