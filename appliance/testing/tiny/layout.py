@@ -95,12 +95,16 @@ def _build() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="tiny-layout-") as tmp:
         env = {**os.environ, "FLAGS_enable_pir_api": "0", "OMP_NUM_THREADS": "1"}
         regions = json.dumps([[r[0], *r[2:]] for r in REGIONS])
-        subprocess.run(
+        child = subprocess.run(
             [sys.executable, "-c", _CHILD, str(Path(tmp) / "inference"), regions, str(SCORE)],
-            check=True,
             env=env,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if child.returncode != 0:
+            tail = " ".join(child.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(f"generating the tiny {MODEL_NAME} failed (paddle, exit {child.returncode}): {tail}")
         files = {name: (Path(tmp) / name).read_bytes() for name in ("inference.pdmodel", "inference.pdiparams")}
     files["inference.yml"] = yaml.safe_dump(meta, sort_keys=True).encode()
     files["config.json"] = dump_json(meta).encode()
