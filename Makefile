@@ -82,5 +82,5 @@ bench: setup ## benchmarks: ratios against the obvious alternative, measured sid
 	$(VENV)/bin/python bench/run.py
 
 clean: ## remove the store, build outputs, the tests' container storage and venvs
-	bash build/drop-storage.sh work/test-containers work/ci-base
+	bash build/drop-storage.sh work/test-containers work/test-docker work/ci-base
 	rm -rf store dist work $(VENV) $(VLLM_VENV)

@@ -20,16 +20,10 @@ from appliance.store.fetch import FetchOptions, ModelFetch
 from appliance.store.lock import read_lock
 from appliance.store.sources.local import LocalSource
 from tests.conftest import REPO, ManifestDir, make_files
+from tests.store_scene import BODY
 
 BIG = "model.safetensors"
 FILES = {"config.json": b'{"a": 1}', BIG: os.urandom(3_000_000), "tokenizer.json": b"t" * 5000}
-BODY = """
-engine: paddleocr-vl
-source: {source}
-revision: {revision}
-serve: {{served_model_name: X}}
-resources: {{weight_bytes: 1}}
-"""
 
 
 @pytest.mark.parametrize("kind", ["hf", "modelscope"])

@@ -56,6 +56,19 @@ def _interrupted(message: str) -> None:
     os._exit(130)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """typer ≥ 0.22 vendors click (its exceptions derive from typer.TyperException); older ones use
+    click itself."""
+    errors: list[type[Exception]] = [typer.TyperException]
+    try:
+        import click
+
+        errors.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def main() -> None:
     """Entry point: expected failures print one clear line and exit non-zero, no traceback."""
     try:
@@ -88,12 +101,10 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors (a missing path, a bad option): click's message, exit 2
+        if isinstance(exc, _usage_errors()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -10,18 +10,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appliance import __version__, constants
 from appliance.errors import EngineUnavailable, GatewayError
-from appliance.gateway import ocr_api, openai_proxy, probes
+from appliance.gateway import ocr_api, openai_proxy, openapi, probes
 from appliance.gateway.auth import ApiKeyAuth, load_keys
+from appliance.gateway.engines import ENGINES
 from appliance.gateway.engines_setup import build_engines
 from appliance.gateway.metrics import Metrics
+from appliance.gateway.paddlex_compat import InferRequest
 from appliance.gateway.serving import LayoutParsingService, OcrService
 from appliance.gateway.upstreams import Upstreams
 from appliance.manifest import Catalog
@@ -84,13 +89,42 @@ def create_app(
             "Send `Authorization: Bearer <key>` on every route but the probes."
         ),
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationId: generated clients' function names
     )
     app.include_router(probes.router)
     protected = [Depends(auth)]
     app.include_router(ocr_api.router, dependencies=protected)
     app.include_router(openai_proxy.router, dependencies=protected)
-    app.add_api_route("/metrics", _metrics_endpoint(metrics), dependencies=protected, include_in_schema=False)
+    app.add_api_route(
+        "/metrics",
+        _metrics_endpoint(metrics),
+        dependencies=protected,
+        summary="Prometheus metrics",
+        name="metrics",
+        response_class=Response,
+        responses=openapi.METRICS,
+    )
     app.add_middleware(metrics.asgi_middleware)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 401 from the key check, 404/405 from routing: the same envelope as every other error
+        return openai_proxy.error(exc.status_code, str(exc.detail), "invalid_request_error", exc.headers)
+
+    engines = {s.engine: frozenset(t.value for t in ENGINES[s.engine].tasks) for s in served}
+    extra = [ocr_api.OcrJsonRequest, ocr_api.OcrUpload, InferRequest, openapi.ChatCompletionRequest,
+             openapi.ChatCompletion]  # fmt: skip
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            open_paths = {r.path for r in probes.router.routes if isinstance(r, APIRoute)}
+            models = [s.served_name for s in served]
+            app.openapi_schema = openapi.document(
+                app, models=models, engines=engines, open_paths=open_paths, extra=extra
+            )
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -103,7 +137,6 @@ def create_app(
 
 
 def _metrics_endpoint(metrics: Metrics):  # type: ignore[no-untyped-def]
-    from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     async def metrics_endpoint() -> Response:

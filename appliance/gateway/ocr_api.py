@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 import httpx
 from fastapi import APIRouter, Request
@@ -19,14 +19,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.errors import DocumentError, DocumentTooLargeError, EngineUnavailable, GatewayError
-from appliance.gateway import paddlex_compat
+from appliance.gateway import openapi, paddlex_compat
 from appliance.gateway.documents import DEFAULT_DPI
+from appliance.gateway.openapi import JsonInt
 from appliance.gateway.protocol import DocumentResult, Task
 from appliance.gateway.serving import LayoutParsingService, OcrService
 
 router = APIRouter(tags=["OCR"])
 AUTO_ORDER = ("paddleocr-vl", "dots-ocr", "qwen3-vl")
 EngineName = Literal["auto", "paddleocr-vl", "dots-ocr", "qwen3-vl"]
+# What `documents.parse_page_range` accepts (a reversed range is still refused, with 400).
+PAGES_PATTERN = r"^\s*[1-9][0-9]{0,5}\s*(-\s*([1-9][0-9]{0,5})?)?\s*$"
 
 
 class OcrOptions(BaseModel):
@@ -34,44 +37,37 @@ class OcrOptions(BaseModel):
 
     engine: EngineName = Field("auto", description="engine to use; auto: the first ready one that supports the task")
     task: Task = Field(Task.layout, description="what to read")
-    dpi: Annotated[int, Field(ge=36, le=600, description="PDF rendering resolution")] = DEFAULT_DPI
-    pages: str | None = Field(None, description='PDF/TIFF page range, e.g. "1-3" or "2-" (1-based)', max_length=32)
+    dpi: JsonInt = Field(DEFAULT_DPI, ge=36, le=600, description="PDF rendering resolution")
+    pages: str | None = Field(
+        None, description='PDF/TIFF page range, e.g. "1-3" or "2-" (1-based)', max_length=32, pattern=PAGES_PATTERN
+    )
 
 
 class OcrJsonRequest(OcrOptions):
-    file: str = Field(description="the document (PNG, JPEG, TIFF, WebP or PDF), base64-encoded")
+    file: str = Field(
+        description="the document (PNG, JPEG, TIFF, WebP or PDF), base64-encoded",
+        json_schema_extra={"format": "byte", "contentEncoding": "base64"},
+    )
 
 
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    code: int
+class OcrUpload(OcrOptions):
+    """The multipart form: the file's bytes and the same options as form fields."""
+
+    file: bytes = Field(
+        description="the document: PNG, JPEG, TIFF, WebP or PDF", json_schema_extra={"format": "binary"}
+    )
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": why}
-    for code, why in {
-        400: "malformed document or request",
-        401: "missing or invalid API key",
-        413: "document above the size, pixel or page limits",
-        415: "not a PNG, JPEG, TIFF, WebP or PDF",
-        422: "invalid options, or a task the engine does not support",
-        502: "the engine answered something unusable",
-        503: "no engine ready (starting); see Retry-After",
-        504: "the engine did not answer in time",
-    }.items()
-}
-_FORM = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
-_FORM["properties"] |= {k: v for k, v in OcrOptions.model_json_schema()["properties"].items()}
-OPENAPI_BODY = {
+OCR_ERRORS = openapi.responses(400, 401, 413, 415, 422, 502, 503, 504)
+PADDLEX_ERRORS = openapi.responses(
+    400, 401, 413, 415, 422, 502, 503, 504, model=paddlex_compat.AIStudioNoResultResponse
+)
+# multipart: the same options as form fields next to the file's bytes
+OCR_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": _FORM},
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/OcrUpload"}},
             "application/json": {"schema": {"$ref": "#/components/schemas/OcrJsonRequest"}},
         },
     }
@@ -121,7 +117,8 @@ async def _parse(request: Request, max_bytes: int) -> tuple[bytes, OcrOptions]:
             data = await upload.read(max_bytes + 1)
             options = OcrOptions.model_validate({k: v for k, v in form.items() if k != "file"})
         elif content_type.startswith("application/json"):
-            body = OcrJsonRequest.model_validate_json(await request.body())
+            # strict: JSON has types; "72" for dpi or 1 for pages is refused as the document says.
+            body = OcrJsonRequest.model_validate_json(await request.body(), strict=True)
             try:
                 data = base64.b64decode(body.file, validate=True)
             except (binascii.Error, ValueError):
@@ -148,8 +145,8 @@ class OptionsError(GatewayError, ValueError):
     "/v1/ocr",
     summary="Read a scanned page or PDF: Markdown plus layout blocks per page",
     response_model=DocumentResult,
-    responses=ERRORS,
-    openapi_extra=OPENAPI_BODY,
+    responses=OCR_ERRORS,
+    openapi_extra=OCR_BODY,
 )
 async def ocr(request: Request) -> DocumentResult:
     service: OcrService = request.app.state.ocr
@@ -167,13 +164,17 @@ async def ocr(request: Request) -> DocumentResult:
     paddlex_compat.INFER_ENDPOINT,
     summary="PaddleX-compatible layout parsing (existing PaddleOCR-VL service clients work unchanged)",
     tags=["PaddleX compatible"],
-    response_model=None,
+    response_model=paddlex_compat.AIStudioResultResponse[paddlex_compat.InferResult],
+    response_model_exclude_none=True,
+    responses=PADDLEX_ERRORS,
+    openapi_extra=openapi.json_body("InferRequest"),
 )
 async def layout_parsing(request: Request) -> JSONResponse:
     service: LayoutParsingService = request.app.state.layout_parsing
     log_id = None
     try:
-        body = paddlex_compat.InferRequest.model_validate_json(await request.body())
+        # strict as the document: JSON types are not coerced ("0.5" is not a number)
+        body = paddlex_compat.InferRequest.model_validate_json(await request.body(), strict=True)
         log_id = body.logId
         answer = await service.infer(body)
     except ValidationError as exc:

@@ -12,7 +12,9 @@ import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
+from appliance.gateway import openapi
 from appliance.gateway.upstreams import Upstreams
 from appliance.runtime.served import Served
 
@@ -52,7 +54,13 @@ def _remote_image_urls(body: dict[str, Any]) -> list[str]:
     return found
 
 
-@router.get("/v1/models", summary="Models served by this appliance")
+@router.get(
+    "/v1/models",
+    summary="Models served by this appliance",
+    response_model=None,
+    responses={200: {"model": openapi.ModelList, "description": "every served model, ready or not"}}
+    | openapi.responses(401),
+)
 async def list_models(request: Request) -> dict[str, Any]:
     upstreams: Upstreams = request.app.state.upstreams
     http: httpx.AsyncClient = request.app.state.http
@@ -71,7 +79,15 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await asyncio.gather(*(one(u) for u in upstreams.all))}
 
 
-@router.post("/v1/chat/completions", summary="Chat completion, routed to the engine serving `model`")
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion, routed to the engine serving `model`",
+    responses={200: openapi.CHAT_OK}
+    | openapi.responses(
+        400, 401, 404, 503, 504, why={400: "not a JSON object, a remote image URL, or refused by the engine"}
+    ),
+    openapi_extra=openapi.json_body("ChatCompletionRequest"),
+)
 async def chat_completions(request: Request) -> Response:
     upstreams: Upstreams = request.app.state.upstreams
     raw = await request.body()
@@ -91,6 +107,11 @@ async def chat_completions(request: Request) -> Response:
         return error(
             400, f"only data: URLs are accepted (air-gapped appliance), got {remote[0]!r}", "invalid_request_error"
         )
+    try:
+        openapi.ChatCompletionRequest.model_validate(body, strict=True)  # what the document says, no coercion
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        return error(400, f"invalid request: {problems}", "invalid_request_error")
     if body.pop("mm_processor_kwargs", None) is not None:
         raw = json.dumps(body).encode()  # else the client's bytes go as they came: no re-serialising
     return await forward(request, upstream, "/v1/chat/completions", raw, stream=bool(body.get("stream")))

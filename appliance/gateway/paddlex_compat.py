@@ -10,7 +10,8 @@ PaddleX answers with `response_model_exclude_none=True`: use `dump()` for the JS
 
 Differences, all deliberate: `file` as a URL is refused (an offline appliance fetches nothing); a
 missing `fileType` is sniffed from the bytes instead of refused; options that steer PaddleX's own
-layout model and sampling are accepted and ignored (the engine's deployment fixes them); no
+layout model and sampling are accepted and ignored (the engine's deployment fixes them);
+`promptLabel` seal/spotting is refused (422) even with layout detection on; no
 visualisation images, no Markdown figure crops, no docx export.
 """
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from appliance.errors import DocumentError, DocumentTooLargeError, TaskNotSupportedError
 from appliance.gateway.documents import Document, sniff
+from appliance.gateway.openapi import PositiveJsonInt
 from appliance.gateway.protocol import PageResult, Task
 
 INFER_ENDPOINT: Final[str] = "/layout-parsing"
@@ -78,6 +80,7 @@ class BaseInferRequest(BaseModel):
 
 _PROMPT_LABELS = ("ocr", "formula", "table", "chart", "seal", "spotting")
 _MERGE_MODES = ("large", "small", "union")
+_UNSERVED_LABELS = ("seal", "spotting")
 
 
 def _each_value(v: Any, check: Callable[..., None]) -> Any:
@@ -90,7 +93,33 @@ def _each_value(v: Any, check: Callable[..., None]) -> Any:
     return v
 
 
+def _document_checks(schema: dict[str, Any]) -> None:
+    """The JSON Schema says what the validators below check, so generated clients and fuzzers know it
+    (minPixels ≤ maxPixels aside: JSON Schema cannot compare two values)."""
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    unit = {"type": "number", "minimum": 0, "maximum": 1}
+    ratio = {"anyOf": [positive, {"type": "array", "items": positive, "minItems": 2, "maxItems": 2}]}
+    merge = {"type": "string", "enum": list(_MERGE_MODES)}
+
+    def optional(one: dict[str, Any], per_class: bool = False) -> dict[str, Any]:
+        forms = [one, {"type": "object", "additionalProperties": one}] if per_class else [one]
+        return {"anyOf": [*forms, {"type": "null"}]}
+
+    schema["properties"] |= {
+        "outputFormats": optional({"type": "array", "items": {"enum": sorted(SUPPORTED_OUTPUT_FORMATS)}}),
+        "topP": optional({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+        "temperature": optional({"type": "number", "minimum": 0}),
+        "repetitionPenalty": optional(positive),
+        "promptLabel": optional({"type": "string", "enum": [x for x in _PROMPT_LABELS if x not in _UNSERVED_LABELS]}),
+        "layoutThreshold": optional(unit, per_class=True),
+        "layoutUnclipRatio": optional(ratio, per_class=True),
+        "layoutMergeBboxesMode": optional(merge, per_class=True),
+    }
+
+
 class InferRequest(OutputFormatsMixin, BaseInferRequest):
+    model_config = ConfigDict(json_schema_extra=_document_checks)
+
     useDocOrientationClassify: bool | None = None
     useDocUnwarping: bool | None = None
     useLayoutDetection: bool | None = None
@@ -107,9 +136,9 @@ class InferRequest(OutputFormatsMixin, BaseInferRequest):
     repetitionPenalty: float | None = None
     temperature: float | None = None
     topP: float | None = None
-    minPixels: int | None = Field(default=None, gt=0)
-    maxPixels: int | None = Field(default=None, gt=0)
-    maxNewTokens: int | None = Field(default=None, gt=0)
+    minPixels: PositiveJsonInt | None = None
+    maxPixels: PositiveJsonInt | None = None
+    maxNewTokens: PositiveJsonInt | None = None
     mergeLayoutBlocks: bool | None = None
     markdownIgnoreLabels: list[str] | None = None
     vlmExtraArgs: dict | None = None
@@ -192,7 +221,8 @@ class InferRequest(OutputFormatsMixin, BaseInferRequest):
                     f"`layoutUnclipRatio`{context} must be a number or two numbers; got: {type(value).__name__}"
                 )
 
-        return _each_value(v, check)
+        checked = _each_value(v, check)
+        return tuple(checked) if isinstance(checked, list) else checked  # the pair, also when parsed strictly
 
     @field_validator("layoutThreshold")
     @classmethod
@@ -317,11 +347,12 @@ def decode_file(request: BaseInferRequest, max_bytes: int) -> bytes:
 
 
 def task_of(request: InferRequest, has_layout: bool = True) -> Task:
-    """PaddleX's switches → our task: a `promptLabel` with layout off is a single-task request."""
+    """PaddleX's switches → our task: a `promptLabel` with layout off is a single-task request. Labels
+    the appliance does not serve are refused even where PaddleX would ignore them, as the document says."""
+    if request.promptLabel in _UNSERVED_LABELS:
+        raise TaskNotSupportedError(f"promptLabel {request.promptLabel!r} is not served by this appliance")
     if request.promptLabel is not None and (request.useLayoutDetection is False or not has_layout):
         label = request.promptLabel
-        if label in ("seal", "spotting"):
-            raise TaskNotSupportedError(f"promptLabel {label!r} is not served by this appliance")
         return {"ocr": Task.text, "table": Task.table, "formula": Task.formula, "chart": Task.chart}[label]
     if request.useLayoutDetection is False:
         return Task.text

@@ -18,6 +18,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from appliance.gateway import openapi
 from appliance.manifest import Catalog, Profile
 from appliance.runtime import phases
 from appliance.runtime.served import Served, served_models
@@ -91,18 +92,26 @@ def probe_service(request: Request) -> ProbeService:
     return request.app.state.probes
 
 
-@router.get("/livez")
+@router.get("/livez", response_model=openapi.Liveness)
 async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/startupz")
+@router.get(
+    "/startupz",
+    response_model=None,
+    responses=openapi.probe_responses(openapi.Startup, "an essential model is still starting"),
+)
 async def startupz(request: Request) -> JSONResponse:
     started, body = probe_service(request).startup()
     return JSONResponse(body, status_code=200 if started else 503)
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses=openapi.probe_responses(openapi.Readiness, "an essential engine is not ready"),
+)
 async def readyz(request: Request) -> JSONResponse:
     ready, body = await probe_service(request).readiness()
     return JSONResponse(body, status_code=200 if ready else 503)

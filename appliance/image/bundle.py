@@ -14,7 +14,6 @@ layer of bundle.json is in the manifest), all in one read of the tar.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from appliance.image.layout import BASE_LABEL, BUILDER_LABEL, REPRODUCIBLE_LABEL
 from appliance.image.tools import run
 from appliance.manifest import Catalog
 from appliance.probes import probe_values
+from appliance.store.hashing import sha256_file
 from appliance.store.lock import read_lock, write_atomic
 
 BUNDLE_VERSION = 1
@@ -43,14 +43,6 @@ LOAD_FACTOR = 3
 
 def archive_name(profile: str) -> str:
     return f"{dockerfile.IMAGE_NAME.rsplit('/', 1)[-1]}-{profile}.tar"
-
-
-def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def _layers(scan: ArchiveScan) -> list[Layer]:
@@ -170,7 +162,7 @@ def write_release(result: SaveResult, catalog: Catalog, key: Path | None, stamp:
     (dist / release.ENVELOPE).unlink(missing_ok=True)  # never leave a signature of an earlier save
     if key is None:
         with open(dist / SUMS, "a") as sums:
-            sums.write(f"{_sha256_file(dist / SBOM_FILE)}  {SBOM_FILE}\n")
+            sums.write(f"{sha256_file(dist / SBOM_FILE)}  {SBOM_FILE}\n")
         return None
     return release.sign_dist(dist, key, stamp, [SBOM_FILE])
 
@@ -183,7 +175,7 @@ def write_bundle(catalog: Catalog, profile_name: str, archive: Path, ref: str) -
     data = bundle_data(scan, ref, catalog, profile_name)
     dist = archive.parent
     write_atomic(dist / BUNDLE_JSON, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    sums = f"{scan.sha256}  {archive.name}\n{_sha256_file(dist / BUNDLE_JSON)}  {BUNDLE_JSON}\n"
+    sums = f"{scan.sha256}  {archive.name}\n{sha256_file(dist / BUNDLE_JSON)}  {BUNDLE_JSON}\n"
     write_atomic(dist / SUMS, sums)
     return SaveResult(archive, data, dist / SUMS)
 
@@ -235,7 +227,7 @@ def verify(target: Path, *, key: Path | None = None, installed: Path | None = No
     sums = _read_sums(sums_path, problems)
     if BUNDLE_JSON not in sums:
         problems.append(f"{SUMS}: does not list {BUNDLE_JSON}")
-    elif (actual := _sha256_file(bundle_path)) != sums[BUNDLE_JSON]:
+    elif (actual := sha256_file(bundle_path)) != sums[BUNDLE_JSON]:
         problems.append(f"{BUNDLE_JSON}: sha256 {actual}, {SUMS} says {sums[BUNDLE_JSON]}")
     try:
         bundle = json.loads(bundle_path.read_text())

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from appliance.errors import BundleError, SigningError
 from appliance.image import release
 from appliance.image.archive import layer_members
+from appliance.store.hashing import sha256_file
 from appliance.store.lock import write_atomic
 
 DELTA_FILE = "delta.json"
@@ -113,7 +114,7 @@ def make_delta(full: Path, old_bundle: Path, out: Path) -> dict[str, Any]:
         archive.unlink()
     with open(out / "SHA256SUMS", "a") as sums:  # the delta's own files too (the tar's line stays: apply makes it)
         for name in [DELTA_FILE, *(f"{LAYERS_DIR}/{d.removeprefix('sha256:')}.tar" for d in shipped)]:
-            sums.write(f"{release.sha256_file(out / name)}  {name}\n")
+            sums.write(f"{sha256_file(out / name)}  {name}\n")
     return delta
 
 

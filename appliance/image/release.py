@@ -9,7 +9,6 @@ SBOM. It also carries a release stamp: the isolated host keeps the stamp of what
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,20 +19,13 @@ from typing import Any
 from appliance import constants
 from appliance.errors import SigningError
 from appliance.image import signing
+from appliance.store.hashing import sha256_file
 from appliance.store.lock import write_atomic
 
 ENVELOPE = "bundle.dsse.json"
 STATE_FILE = "installed.json"
 MANIFEST_VERSION = 1
 STAMP_ENV = "APPLIANCE_RELEASE_STAMP"
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def release_stamp() -> int:
