@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from appliance.runtime.doctor import (
     Check,
     check_disk,
     check_gpu,
+    check_layout_device,
     check_offline_env,
     check_ports,
     check_python,
@@ -423,3 +425,31 @@ def test_cli_exit_codes_and_json(
 
     assert appliance(monkeypatch, "doctor", "--manifests", root, "--store", str(healthy_cpu_host / "nowhere")) == 1
     assert "model directory is missing" in capsys.readouterr().out
+
+
+def test_doctor_says_where_the_layout_model_runs(manifests: ManifestDir) -> None:
+    """A GPU profile whose appliance venv has paddle's CPU build: the layout model caps pages/s."""
+    manifests.model(
+        "paddle",
+        """\
+        engine: paddleocr-vl
+        source: dir:/nowhere
+        serve: {served_model_name: p}
+        layout: {model_name: PP-DocLayoutV2, subdir: PP-DocLayoutV2, pipeline_version: v1}
+        resources: {weight_bytes: 1000}
+        """,
+    )
+    add_profile(manifests, "cpu", ["paddle"], "{device: cpu}")
+    add_profile(manifests, "gpu", ["paddle"], "{device: cuda, gpu_memory_gib: 24}")
+    catalog = manifests.catalog()
+
+    def never(args: Any, timeout: float) -> Any:
+        raise AssertionError("a CPU profile needs no probe")
+
+    cpu = check_layout_device(catalog, catalog.profile("cpu"), never)
+    assert [(c.status, c.detail.split(" ")[0]) for c in cpu] == [("pass", "CPU")]
+    # the installed build (paddlepaddle CPU) asked for real: on a GPU profile that is a warning
+    real = check_layout_device(catalog, catalog.profile("gpu"))[0]
+    assert real.status == "warn" and "caps requests with layout on near 1.7 pages/s" in real.detail, real
+    gpu_build = subprocess.CompletedProcess([], 0, stdout="True\n", stderr="")
+    assert check_layout_device(catalog, catalog.profile("gpu"), lambda a, t: gpu_build)[0].status == "pass"

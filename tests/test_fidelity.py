@@ -87,6 +87,7 @@ def test_tiny_repo_is_faithful_to_the_real_one(facts_path: Path, tiny_root: Path
         ("paddleocr-vl", "paddleocr-vl", "tied", "config: tie_word_embeddings"),
         ("paddleocr-vl", "paddleocr-vl", "size_keys", "processor: preprocessor_config.json pixel keys"),
         ("qwen3-vl", "qwen3-vl-4b", "token", "tokens: image_token_id"),
+        ("paddleocr-vl", "paddleocr-vl", "layout_json", "layout: PP-DocLayoutV2/inference.json extra"),
     ],
 )
 def test_each_check_catches_an_unfaithful_repo(
@@ -115,6 +116,8 @@ def test_each_check_catches_an_unfaithful_repo(
         edit("config.json", lambda d: d.update(tie_word_embeddings=True))
     elif breakage == "size_keys":
         edit("preprocessor_config.json", lambda d: d.update(size={"shortest_edge": 1, "longest_edge": 2}))
+    elif breakage == "layout_json":  # what a fresh paddle.jit.save writes: PaddleX would load it instead
+        (repo / "PP-DocLayoutV2" / "inference.json").write_text("{}")
     elif breakage == "token":
         edit("config.json", lambda d: d.update(image_token_id=d["video_token_id"]))
     found = _diffs(REPO / "manifests" / "facts" / f"{facts}.yaml", repo)

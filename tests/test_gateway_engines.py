@@ -321,6 +321,7 @@ class FakePipeline:
         self.kwargs = kwargs
         self.recorded = recorded
         self.calls: list[dict[str, Any]] = []
+        self.layout_det_model = lambda *args, **kwargs: iter(())  # the engine wraps it in a lock
 
     def predict(self, image: Any, **kwargs: Any) -> list[FakeResult]:
         self.calls.append({"shape": image.shape, **kwargs})
@@ -382,6 +383,28 @@ def test_paddle_layout_needs_a_layout_model(tmp_path: Path) -> None:
     run(engine.ocr(page(1240, 1754), Task.table))  # a single-task request skips layout
     assert built[0].calls[1]["use_layout_detection"] is False and built[0].calls[1]["prompt_label"] == "table"
     assert result.markdown.startswith("# Quarterly Report")
+
+
+def test_paddle_layout_guard_wraps_the_layout_model_or_refuses(tmp_path: Path) -> None:
+    """The layout model's calls are serialised (DESIGN §14); a PaddleX without one to wrap is an error."""
+    from appliance.gateway.engines.paddleocr_vl import _SerializedPredictor, guard_layout_model
+
+    (tmp_path / "inference.yml").write_text("Global:\n  model_name: PP-DocLayoutV2\n")
+    engine, built = _paddle("paddle_result_layout.json", layout_dir=tmp_path)
+    run(engine.ocr(page(1240, 1754), Task.layout))
+    assert isinstance(built[0].layout_det_model, _SerializedPredictor)
+    assert guard_layout_model(built[0]) == 1 and not isinstance(
+        built[0].layout_det_model._predictor, _SerializedPredictor
+    )
+
+    class Moved(FakePipeline):
+        def __init__(self, recorded: dict[str, Any], **kwargs: Any) -> None:
+            super().__init__(recorded, **kwargs)
+            del self.layout_det_model
+
+    moved = PaddleOcrVlEngine(settings(), layout_model_dir=tmp_path, pipeline_factory=lambda **kw: Moved({}, **kw))
+    with pytest.raises(EngineError, match="cannot serialise"):
+        run(moved.ocr(page(100, 100), Task.layout))
 
 
 def test_paddle_result_mapping() -> None:

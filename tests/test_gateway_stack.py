@@ -121,6 +121,16 @@ def test_paddlex_layout_parsing_client_shape(gateway: httpx.Client) -> None:
     assert body["errorCode"] == 0 and len(body["result"]["layoutParsingResults"]) == 1
     info = body["result"]["dataInfo"]
     assert (info["width"], info["height"]) == (300, 180)
+    from paddlex.inference.serving.infra import models
+    from paddlex.inference.serving.schemas import paddleocr_vl
+
+    parsed = models.AIStudioResultResponse[paddleocr_vl.InferResult].model_validate(body)  # PaddleX's own models
+    pruned = parsed.result.layoutParsingResults[0].prunedResult
+    # layout on (the tiny repo's generated PP-DocLayoutV2): its regions in reading order, page pixels
+    labels = [b["block_label"] for b in pruned["parsing_res_list"]]
+    assert labels == ["doc_title", "text", "table", "display_formula", "image", "text"], labels
+    table = pruned["parsing_res_list"][2]["block_bbox"]  # 0.1-0.9 x 0.31-0.52 of the 300 x 180 page
+    assert all(abs(a - b) <= 2 for a, b in zip(table, [30, 55.8, 270, 93.6], strict=True)), table
 
 
 def test_official_openai_client(stack: Stack) -> None:

@@ -33,7 +33,7 @@ from appliance.gateway.engines import DotsOcrEngine, Engine, EngineSettings, Pad
 from appliance.gateway.protocol import DocumentResult, PageResult, Task
 from appliance.gateway.serving import OcrService
 from appliance.testing.stack import free_port, vllm_python
-from appliance.testing.tiny import generate, repo_name
+from appliance.testing.tiny import generate, layout, repo_name
 from appliance.testing.vllm_server import OFFLINE
 from appliance.testing.vllm_server import vllm_server as serve
 
@@ -130,13 +130,18 @@ class ConnectionAudit:
 def test_paddleocr_vl_pipeline_reaches_our_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PADDLE_PDX_CACHE_HOME", str(tmp_path / "paddlex"))
     audit = ConnectionAudit()
+    layout_dir = tmp_path / "models" / repo_name("paddleocr-vl") / layout.SUBDIR  # the tiny repo's own
     with vllm_server("paddleocr-vl", tmp_path) as base:
-        engine = PaddleOcrVlEngine(EngineSettings(base_url=base, served_name="PaddleOCR-VL-0.9B", max_new_tokens=16))
-        page = text_page()
+        settings = EngineSettings(base_url=base, served_name="PaddleOCR-VL-0.9B", max_new_tokens=16)
+        engine = PaddleOcrVlEngine(settings)
+        with_layout = PaddleOcrVlEngine(settings, layout_model_dir=layout_dir, layout_model_name=layout.MODEL_NAME)
+        page, doc_page = text_page(), text_page(size=(560, 400))
         before = metrics(base)
         audit.active = True
         try:
             results = asyncio.run(read_all(engine, page, (Task.text, Task.table, Task.layout)))
+            middle = metrics(base)
+            parsed = asyncio.run(read_all(with_layout, doc_page, (Task.layout,)))[0]
         finally:
             audit.active = False
         after = metrics(base)
@@ -147,8 +152,17 @@ def test_paddleocr_vl_pipeline_reaches_our_vllm(tmp_path: Path, monkeypatch: pyt
     assert results[1].blocks[0].category == "table"
     assert results[2].warnings  # layout asked, no layout model: said so
     # the pipeline's requests reached our server: one per page and task, with image + prompt tokens
-    assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == 3
-    assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] > 3 * 10
+    assert middle["vllm:request_success_total"] - before["vllm:request_success_total"] == 3
+    assert middle["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] > 3 * 10
+    # with the generated PP-DocLayoutV2: its regions, in reading order, in the page's pixels, and one
+    # VL request per text-like region (title, 2 texts, table, formula; the image region is not read)
+    check_page(parsed, doc_page, "paddleocr-vl", "PaddleOCR-VL-0.9B", Task.layout)
+    assert [b.category for b in parsed.blocks] == ["title", "text", "table", "display_formula", "image", "text"]
+    for block, (_, _, x0, y0, x1, y1) in zip(parsed.blocks, layout.REGIONS, strict=True):
+        want = [x0 * doc_page.width, y0 * doc_page.height, x1 * doc_page.width, y1 * doc_page.height]
+        assert block.bbox is not None and all(abs(a - b) <= 2 for a, b in zip(block.bbox, want, strict=True))
+    assert after["vllm:request_success_total"] - middle["vllm:request_success_total"] == 5
+    assert parsed.markdown.startswith("# ") and not parsed.warnings
     # nothing but loopback while building and running the pipeline (no hub, no model download)
     assert any(e == "socket.connect" for e, _ in audit.events), "the audit hook saw no connection at all"
     assert audit.non_loopback() == []

@@ -158,9 +158,18 @@ def _air_gap_proof(ref: str, env: dict[str, str], work: Path) -> None:
         result = prove(ref, catalog, catalog.profile("tiny-cpu"), work, timeout=900)
     print(f"\nair-gap proof: ready in {result.seconds_to_ready:.0f} s, {result.inet_syscalls} inet syscalls traced, "
           f"{len(result.attempts)} non-loopback; answers {result.answers}", file=sys.stderr)  # fmt: skip
-    assert set(result.answers) == {"paddleocr-vl", "dots-ocr", "qwen3-vl"}
+    assert set(result.answers) == {"paddleocr-vl", "dots-ocr", "qwen3-vl", "paddleocr-vl layout"}
     for engine, answer in result.answers.items():
-        assert answer["status"] == 200 and answer["pages"] == 1, (engine, answer)
+        assert answer["status"] == 200 and answer["pages"] == 1 and not answer["error"], (engine, answer)
+    # layout on: the generated PP-DocLayoutV2 ran in the gateway, each region went to vLLM
+    assert result.answers["paddleocr-vl layout"]["regions"] == [
+        "title",
+        "text",
+        "table",
+        "display_formula",
+        "image",
+        "text",
+    ]
     assert result.inet_syscalls > 0  # the witness saw the loopback traffic it must see
     assert result.attempts == [], "\n".join(a.line for a in result.attempts)
 

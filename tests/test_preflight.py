@@ -128,6 +128,7 @@ def test_pipeline_built_as_the_gateway_builds_it(tmp_path: Path) -> None:
     catalog = Catalog(REPO / "manifests")
     findings = check_pipeline(catalog, catalog.profile(TINY_PROFILE), tmp_path)
     assert [(f.model, f.check, f.ok) for f in findings] == [("tiny-paddleocr-vl", "paddleocr pipeline", True)]
+    assert findings[0].detail == f"built ({tmp_path / 'tiny-paddleocr-vl' / 'PP-DocLayoutV2'})"  # with its layout model
 
 
 def test_build_step_runs_it_offline_in_the_image_and_stops_on_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,17 +119,19 @@ def proof(
     catalog = Catalog(manifests)
     prof = catalog.profile(profile)
     result = prove(image or image_ref(profile), catalog, prof, workdir, timeout)
-    table = Table("engine", "status", "model", "pages", "markdown chars", title=f"{result.image}: offline boot")
+    table = Table(
+        "engine", "status", "model", "pages", "markdown chars", "regions", title=f"{result.image}: offline boot"
+    )
     for engine, answer in result.answers.items():
         table.add_row(engine, str(answer["status"]), str(answer["model"]), str(answer["pages"]),
-                      str(answer["markdown_chars"]))  # fmt: skip
+                      str(answer["markdown_chars"]), str(len(answer["regions"])))  # fmt: skip
     out.print(table)
     out.print(f"ready after {result.seconds_to_ready:.0f} s with no network")
     out.print(f"inet syscalls traced: {result.inet_syscalls}; non-loopback attempts: {len(result.attempts)}")
     for attempt in result.attempts[:20]:
         out.print(f"  [red]{attempt.line}[/]")
     if not result.ok:
-        failed = [e for e, a in result.answers.items() if a["status"] != 200]
+        failed = result.failed()
         raise ApplianceError(
             f"air-gap proof failed: {len(result.attempts)} non-loopback connection attempt(s), engines without "
             f"an answer: {', '.join(failed) or 'none'} (trace {workdir / 'strace.log'}, log {workdir / 'boot.log'})"

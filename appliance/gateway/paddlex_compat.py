@@ -379,6 +379,10 @@ _LABEL_BY_CATEGORY = {
     "formula": "display_formula",
 }
 
+# PaddleOCR-VL's own layout labels that its adapter renames (engines/paddleocr_vl.py CATEGORY_BY_LABEL),
+# given back as PaddleX says them; "text" stays (PaddleX's no-layout "ocr" is not told apart).
+_PADDLE_LABEL_BY_CATEGORY = {"title": "doc_title", "section-header": "paragraph_title"}
+
 
 def pruned_result(page: PageResult, *, page_count: int | None, request: InferRequest | None = None) -> dict[str, Any]:
     """The `prunedResult` PaddleX's PaddleOCR-VL pipeline would give for this page."""
@@ -387,7 +391,9 @@ def pruned_result(page: PageResult, *, page_count: int | None, request: InferReq
     order = 0
     for i, block in enumerate(page.blocks):
         label = (
-            block.category if page.engine == "paddleocr-vl" else _LABEL_BY_CATEGORY.get(block.category, block.category)
+            _PADDLE_LABEL_BY_CATEGORY.get(block.category, block.category)
+            if page.engine == "paddleocr-vl"
+            else _LABEL_BY_CATEGORY.get(block.category, block.category)
         )
         if label not in _SKIP_ORDER:
             order += 1

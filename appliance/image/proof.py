@@ -1,6 +1,7 @@
 """The air-gap proof: boot a built image's filesystem with no network at all, wait until it is
-ready, read one page with every engine through the gateway, and count every non-loopback connection
-attempt any process made (there must be none).
+ready, read one page with every engine through the gateway (and one more with layout on for each
+model that has a layout model: the Paddle layout model in the gateway, then one VL request per
+region), and count every non-loopback connection attempt any process made (there must be none).
 
 How: `buildah from` the image, then run its entrypoint (`tini -- appliance boot`) with
 `buildah run --isolation chroot` inside a fresh network namespace that holds only loopback
@@ -60,13 +61,16 @@ class ProofResult:
 
     @property
     def ok(self) -> bool:
-        return not self.attempts and all(a["status"] == 200 for a in self.answers.values())
+        return not self.attempts and not self.failed()
+
+    def failed(self) -> list[str]:
+        return [name for name, a in self.answers.items() if a["status"] != 200 or a["error"]]
 
 
-def _page_png() -> bytes:
+def _page_png(size: tuple[int, int] = (320, 120)) -> bytes:
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (320, 120), "white")
+    img = Image.new("RGB", size, "white")
     ImageDraw.Draw(img).text((10, 40), "Air-gapped OCR appliance", fill="black")
     buffer = io.BytesIO()
     img.save(buffer, "PNG")
@@ -143,21 +147,34 @@ class ImageBoot:
         return "\n".join(["-- first errors --", *errors, "-- last lines --", *text[-lines:]])
 
 
+def _summary(answer: dict[str, Any]) -> dict[str, Any]:
+    body = answer["body"] if isinstance(answer["body"], dict) else {}
+    pages = body.get("pages", [])
+    return {
+        "status": answer["status"],
+        "model": body.get("model"),
+        "pages": len(pages),
+        "markdown_chars": len(body.get("markdown", "")),
+        "regions": [b.get("category") for p in pages for b in p.get("blocks", [])],
+        "error": None if answer["status"] == 200 else str(answer["body"])[:300],
+    }
+
+
 def prove(image: str, catalog: Catalog, profile: Profile, work: Path, timeout: float = 1200) -> ProofResult:
-    engines = sorted({s.engine for s in served_models(catalog, profile)})
+    served = served_models(catalog, profile)
+    engines = sorted({s.engine for s in served})
+    with_layout = sorted({s.engine for s in served if s.manifest.layout is not None})
     page = base64.b64encode(_page_png()).decode()
+    document = base64.b64encode(_page_png((560, 400))).decode()  # regions tall enough to crop
     with ImageBoot(image, work, profile) as boot:
         result = ProofResult(image, boot.wait_ready(timeout))
         for engine in engines:
-            answer = boot.request("/v1/ocr", {"file": page, "engine": engine, "task": "text"})
-            body = answer["body"] if isinstance(answer["body"], dict) else {}
-            result.answers[engine] = {
-                "status": answer["status"],
-                "model": body.get("model"),
-                "pages": len(body.get("pages", [])),
-                "markdown_chars": len(body.get("markdown", "")),
-                "error": None if answer["status"] == 200 else str(answer["body"])[:300],
-            }
+            result.answers[engine] = _summary(boot.request("/v1/ocr", {"file": page, "engine": engine, "task": "text"}))
+        for engine in with_layout:
+            answer = _summary(boot.request("/v1/ocr", {"file": document, "engine": engine, "task": "layout"}))
+            if answer["status"] == 200 and len(set(answer["regions"])) < 2:  # one region: layout did not run
+                answer["error"] = f"layout on, but the page came back as {answer['regions']}"
+            result.answers[f"{engine} layout"] = answer
     text = boot.trace.read_text(errors="replace")
     result.inet_syscalls = len(parse(text))
     result.attempts = non_loopback(text)

@@ -252,6 +252,35 @@ def check_python(catalog: Catalog, profile: Profile, python: str, run: Runner = 
     return checks
 
 
+# Public figures (PaddleX model list): PP-DocLayoutV2 ~0.6 s a page on a CPU, ~0.05 s on a GPU; the
+# layout model runs once per page in the gateway, one page at a time (its calls are serialised).
+LAYOUT_CPU_SECONDS = 0.6
+GPU_BUILD_PROBE = "import paddle; print(paddle.device.is_compiled_with_cuda())"
+
+
+def check_layout_device(catalog: Catalog, profile: Profile, run: Runner = run_command) -> list[Check]:
+    """Where the Paddle layout model runs: the appliance interpreter's paddle build decides."""
+    layouts = [m.name for m in catalog.profile_models(profile.name) if m.layout is not None]
+    if not layouts:
+        return []
+    name = f"layout model device ({', '.join(layouts)})"
+    if profile.target.device == "cpu":
+        return [Check(name, "pass", "CPU (CPU profile, paddlepaddle CPU build)")]
+    try:
+        answer = run([sys.executable, "-c", GPU_BUILD_PROBE], COMMAND_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Check(name, "warn", f"cannot ask paddle in {sys.executable}: {exc}")]
+    lines = answer.stdout.strip().splitlines()
+    if answer.returncode != 0 or not lines:
+        return [Check(name, "warn", f"paddle does not import in {sys.executable}: {answer.stderr.strip()[-200:]}")]
+    if lines[-1] == "True":
+        return [Check(name, "pass", "GPU (paddlepaddle-gpu build: PaddleX puts the layout model on gpu:0 by default)")]
+    cap = 1 / LAYOUT_CPU_SECONDS
+    return [Check(name, "warn", f"CPU: the appliance venv has paddlepaddle's CPU build; ~{LAYOUT_CPU_SECONDS} s a page "
+                  f"caps requests with layout on near {cap:.1f} pages/s whatever the GPU "
+                  "(install paddlepaddle-gpu into the appliance venv to run it on the GPU)")]  # fmt: skip
+
+
 # --- 6. offline switches --------------------------------------------------------------------------
 
 
@@ -307,6 +336,7 @@ def run_checks(
         *check_ports(profile, running),
         *check_store(catalog, profile, store),
         *check_python(catalog, profile, vllm_python or constants.vllm_python(), probes.run),
+        *check_layout_device(catalog, profile, probes.run),
         *check_offline_env(probes.environ),
     ]
 

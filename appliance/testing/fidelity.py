@@ -68,6 +68,19 @@ def _files(facts: dict[str, Any], tiny: Path) -> list[str]:
     return [f"files: {n} missing" for n in sorted(real - ours)] + [f"files: {n} extra" for n in sorted(ours - real)]
 
 
+def _layout(facts: dict[str, Any], tiny: Path) -> list[str]:
+    """The layout model's sub-folder, same files: PaddleX takes `inference.json` over `.pdmodel`, so
+    the format decides which loader runs."""
+    layout = facts.get("layout_model", {}).get("value") or {}
+    if "subdir" not in layout:
+        return []
+    real = set(layout["files"])
+    folder = tiny / layout["subdir"]
+    ours = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    where = f"layout: {layout['subdir']}/"
+    return [f"{where}{n} missing" for n in sorted(real - ours)] + [f"{where}{n} extra" for n in sorted(ours - real)]
+
+
 def _config(facts: dict[str, Any], config: dict[str, Any]) -> list[str]:
     want = _value(facts, "config")
     text = config.get("text_config", config)
@@ -202,6 +215,7 @@ def differences(facts: dict[str, Any], engine: str, tiny: Path, real_serve: Serv
             auto_maps.append(_json(tiny / name).get("auto_map") or {})
     return [
         *_files(facts, tiny),
+        *_layout(facts, tiny),
         *_config(facts, config),
         *_tokens(facts, config, tiny),
         *_processor(facts, tiny),

@@ -18,7 +18,12 @@ The vLLM server must run with `--trust-request-mm-kwargs`: the pipeline sends pe
 `mm_processor_kwargs` (min/max pixels per region type), which vLLM ≥ 0.11 refuses otherwise.
 
 The pipeline is synchronous: it is built once, lazily, under a lock, and called in a dedicated
-thread pool of `max_concurrency` threads.
+thread pool of `max_concurrency` threads. One pipeline called from several threads is NOT safe as
+PaddleX ships it: its layout predictor reuses one set of Paddle Inference input/output handles and
+`run()` releases the GIL, so concurrent pages get layouts computed with another page's size —
+silently (DESIGN §14; PaddleX's own server serialises whole pipeline calls for this). We serialise
+only the layout model's calls (`_SerializedPredictor`): cropping and the VL requests of many pages
+still run concurrently, the part that takes the time.
 
 Truncation is not visible here: PaddleX keeps only `choices[0].message.content` of each region's
 answer (paddlex/inference/models/doc_vlm/predictor.py `_doc_vlm_genai_collect_responses`), so a
@@ -124,7 +129,10 @@ class PaddleOcrVlEngine(Engine):
                     for key, value in paddle_offline_env().items():
                         os.environ.setdefault(key, value)
                     _check_flags_read()
-                    self._pipeline = self._factory(**self.pipeline_kwargs())
+                    pipeline = self._factory(**self.pipeline_kwargs())
+                    if self.has_layout:
+                        guard_layout_model(pipeline)
+                    self._pipeline = pipeline
         return self._pipeline
 
     async def _read(self, page: PageImage, task: Task) -> PageResult:
@@ -181,6 +189,52 @@ def _check_flags_read() -> None:
             "paddleocr-vl",
             "paddlex was imported before PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK was set: set it in the environment",
         )
+
+
+class _SerializedPredictor:
+    """A PaddleX predictor whose calls run one at a time; the results are gathered under the lock.
+
+    PaddleX's predictors are generators: the Paddle handles are used while the caller iterates, so
+    the whole iteration is what the lock must cover (`list(...)`, as the pipeline itself does).
+    """
+
+    def __init__(self, predictor: Any) -> None:
+        self._predictor = predictor
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        with self._lock:
+            return list(self._predictor(*args, **kwargs))
+
+    def predict(self, *args: Any, **kwargs: Any) -> list[Any]:
+        with self._lock:
+            return list(self._predictor.predict(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:  # batch_sampler, close, … of the wrapped predictor
+        return getattr(self._predictor, name)
+
+
+def guard_layout_model(pipeline: Any) -> int:
+    """Wrap the layout model of every PaddleX pipeline inside `pipeline`; return how many.
+
+    `paddleocr.PaddleOCRVL` → `.paddlex_pipeline` (AutoParallel…) → `._pipeline` (one device) or
+    `._pipelines` (one per device, each with its own predictor) → `.layout_det_model`. Finding none
+    is an error: a PaddleX that moved it would otherwise silently lose the guard.
+    """
+    outer = getattr(pipeline, "paddlex_pipeline", pipeline)
+    own = vars(outer)  # not getattr: AutoParallel's __getattr__ forwards to the inner pipeline
+    inner = own.get("_pipelines") or ([own["_pipeline"]] if own.get("_pipeline") is not None else [outer])
+    guarded = 0
+    for each in inner:
+        model = getattr(each, "layout_det_model", None)
+        if model is None:
+            continue
+        if not isinstance(model, _SerializedPredictor):
+            each.layout_det_model = _SerializedPredictor(model)
+        guarded += 1
+    if not guarded:
+        raise EngineError("paddleocr-vl", "no layout_det_model in the PaddleX pipeline: cannot serialise its calls")
+    return guarded
 
 
 def _official_pipeline(**kwargs: Any) -> Any:

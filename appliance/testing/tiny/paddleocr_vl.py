@@ -9,6 +9,8 @@ the architecture natively. The checkpoint keeps the hub's key names (`visual.`, 
 Its `lm_head` differs from the embedding (a "marker" head, see `_weights.TensorSpec`): greedy
 output made only of MARKER_TOKENS proves the server used the checkpoint's head, not the embedding
 that a `tie_word_embeddings: true` config would tie in its place.
+
+Its layout model sits where the real repo keeps it, `PP-DocLayoutV2/` (appliance/testing/tiny/layout.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from appliance.testing.tiny._common import (
     repo_files,
 )
 from appliance.testing.tiny._weights import TensorSpec
+from appliance.testing.tiny.layout import SUBDIR as LAYOUT_SUBDIR
+from appliance.testing.tiny.layout import build_files as layout_files
 
 SPECIAL_TOKENS = [
     "<unk>",
@@ -179,7 +183,7 @@ def build(seed: int) -> Files:
     ]
     roles = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
              "cls_token": "<|begin_of_sentence|>", "sep_token": "<|end_of_sentence|>"}  # fmt: skip
-    return repo_files(
+    files = repo_files(
         config=config,
         tokenizer=tok,
         tokenizer_config={
@@ -230,3 +234,6 @@ def build(seed: int) -> Files:
             "processor_config.json": {"processor_class": "PaddleOCRVLProcessor"},
         },
     )
+    # The layout model does not depend on the seed: its boxes are fixed fractions of the page.
+    files.update({f"{LAYOUT_SUBDIR}/{name}": data for name, data in layout_files().items()})
+    return files
