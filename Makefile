@@ -69,7 +69,7 @@ offline-image: setup store verify image save
 endif
 
 test: setup lint ## every test, integration tests with real parts included
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=25
 
 test-fast: $(VENV)/.installed ## unit tests only
 	$(VENV)/bin/python -m pytest -m "not slow"
