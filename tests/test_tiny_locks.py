@@ -28,6 +28,11 @@ def test_generated_tiny_models_match_committed_pins_and_locks(tmp_path: Path) ->
             if p.is_file()
         }
         assert {f.path: f.sha256 for f in lock.files} == {rel: sha256_file(p) for rel, p in on_disk.items()}
+        # nothing that depends on where this checkout or its venv lives (CI clones elsewhere)
+        for rel, path in on_disk.items():
+            data = path.read_bytes()
+            for place in {str(REPO), sys.prefix, str(tmp_path)}:
+                assert place.encode() not in data, f"{manifest.name}/{rel} holds the path {place}"
 
 
 def _appliance(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

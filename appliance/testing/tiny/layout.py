@@ -79,6 +79,14 @@ with paddle.static.program_guard(main, startup):
 exe = paddle.static.Executor(paddle.CPUPlace())
 exe.run(startup)
 paddle.static.save_inference_model(out, [im_shape, image, scale_factor], [bbox, bbox_num], exe, program=main)
+# Every op records the Python stack that created it (`op_callstack`: paddle's own file paths, i.e.
+# where the venv is): drop it, or the same generator gives other bytes in another checkout.
+saved = paddle.static.Program.parse_from_string(open(out + ".pdmodel", "rb").read())
+for block in saved.blocks:
+    for op in block.ops:
+        if op.desc.has_attr("op_callstack"):
+            op.desc.remove_attr("op_callstack")
+open(out + ".pdmodel", "wb").write(saved.desc.serialize_to_string())
 """
 
 
