@@ -26,6 +26,15 @@ BIG = "model.safetensors"
 FILES = {"config.json": b'{"a": 1}', BIG: os.urandom(3_000_000), "tokenizer.json": b"t" * 5000}
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_reaches_us():  # type: ignore[no-untyped-def]
+    """A run started as a background job (CI's may be) inherits SIGINT *ignored*, and then neither
+    this process nor a child hears Ctrl-C: give both the disposition a terminal gives."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("kind", ["hf", "modelscope"])
 def test_ctrl_c_stops_a_hub_fetch_within_a_second(start_mirror, manifests: ManifestDir, tmp_path: Path, kind) -> None:  # type: ignore[no-untyped-def]
     repo = repo_from_dir("org/slow", make_files(tmp_path / "src", FILES), branches=("main", "master"))
@@ -40,6 +49,7 @@ def test_ctrl_c_stops_a_hub_fetch_within_a_second(start_mirror, manifests: Manif
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's Ctrl-C after exec
     )
     deadline = time.monotonic() + 30
     while not any(r.method == "GET" and BIG in r.path for r in mirror.requests):  # the big file is in flight
