@@ -144,8 +144,9 @@ def operator(daemon: Dockerd, dist: Path, tmp_path_factory: pytest.TempPathFacto
                 print(f"  → {proc.stdout[:200]}", file=sys.stderr)
             ran_run = ran_run or script.startswith("docker run")
         yield cwd
-    finally:
-        daemon.docker("logs", "ocr", check=False)
+    finally:  # the container's last lines, for a failure's report (pytest shows stderr then)
+        logs = daemon.docker("logs", "--tail", "40", "ocr", check=False)
+        print(f"\n--- docker logs ocr (tail) ---\n{logs.stdout}{logs.stderr}", file=sys.stderr)
 
 
 def _curl(daemon: Dockerd, cwd: Path, *args: str) -> tuple[int, str]:
