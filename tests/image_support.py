@@ -83,6 +83,12 @@ def docker_archive(path: Path, models: list[str], *, ref: str = "localhost/ocr-a
         layer_tar({"opt/appliance/venv/deps": b"deps"}),
         layer_tar({"opt/appliance/venv/code": b"code"}),
     ]
+    return offline_archive(path, layers, models, ref)
+
+
+def offline_archive(path: Path, layers: list[bytes], models: list[str], ref: str) -> list[bytes]:
+    """Write `layers` (base, tini, user, one per model, deps, code) as a docker-archive with the
+    history and models label Dockerfile.offline gives them. Returns the layer blobs."""
     history = [
         {"created_by": "/bin/sh -c #(nop) ADD file:abc in / "},
         {"created_by": "/bin/sh -c #(nop) ENV PATH=/bin", "empty_layer": True},

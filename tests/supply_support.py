@@ -4,12 +4,11 @@ Python distributions and a dpkg status, and signed bundles of them."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from appliance.image.bundle import SaveResult, write_bundle, write_release
 from appliance.manifest import Catalog
-from tests.image_support import layer_tar, write_archive
+from tests.image_support import layer_tar, offline_archive
 
 REF = "localhost/ocr-appliance:tiny-cpu"
 MODELS = ["tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"]
@@ -62,21 +61,7 @@ def image_archive(path: Path, model_seeds: dict[str, int], code: bytes = b"code 
         layer_tar({f"{VENV}/fastapi-0.115.0.dist-info/METADATA": metadata("fastapi", "0.115.0")}),
         layer_tar({"opt/appliance/code": code}),
     ]
-    history = [
-        {"created_by": "/bin/sh -c #(nop) ADD file:abc in / "},
-        {"created_by": "/bin/sh -c #(nop) COPY file:def in /usr/local/bin/tini "},
-        {"created_by": "/bin/sh -c set -eu; appliance:x:10001"},
-        *[{"created_by": "/bin/sh -c #(nop) COPY dir:123 in / "} for _ in models],
-        {"created_by": "/bin/sh -c #(nop) COPY dir:456 in /opt/appliance/venv "},
-        {"created_by": "/bin/sh -c #(nop) COPY dir:789 in / "},
-    ]
-    config = {
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(la).hexdigest()}" for la in layers]},
-        "history": history,
-        "config": {"Labels": {"appliance.models": ",".join(models)}},
-    }
-    write_archive(path, layers, json.dumps(config).encode(), REF)
-    return layers
+    return offline_archive(path, layers, models, REF)
 
 
 def signed_dist(
