@@ -7,28 +7,18 @@ import struct
 import time
 import zlib
 
-import pypdfium2 as pdfium
 import pytest
 from PIL import Image
 
 from appliance.errors import DocumentError, DocumentTooLargeError, UnsupportedDocumentError
 from appliance.gateway.documents import Limits, PageImage, decode_document, parse_page_range, sniff
+from tests.documents_support import blank_pdf
 
 
 def _image(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB", **save: object) -> bytes:
     img = Image.new(mode, size, "white" if mode in ("RGB", "L") else (0, 0, 0, 0))
     buf = io.BytesIO()
     img.save(buf, format=fmt, **save)
-    return buf.getvalue()
-
-
-def _pdf(sizes: list[tuple[float, float]]) -> bytes:
-    pdf = pdfium.PdfDocument.new()
-    for w, h in sizes:
-        pdf.new_page(w, h)
-    buf = io.BytesIO()
-    pdf.save(buf)
-    pdf.close()
     return buf.getvalue()
 
 
@@ -83,7 +73,7 @@ def test_exif_orientation_is_applied() -> None:
 
 
 def test_pdf_pages_dpi_and_range() -> None:
-    data = _pdf([(612, 792), (792, 612), (300, 300)])  # points: letter portrait, landscape, square
+    data = blank_pdf([(612, 792), (792, 612), (300, 300)])  # points: letter portrait, landscape, square
     doc = decode_document(data, dpi=72)
     assert doc.kind == "pdf" and doc.total_pages == 3
     assert [(p.width, p.height) for p in doc.pages] == [(612, 792), (792, 612), (300, 300)]
@@ -93,7 +83,7 @@ def test_pdf_pages_dpi_and_range() -> None:
 
 
 def test_pdf_page_bigger_than_the_pixel_limit_is_rendered_smaller() -> None:
-    doc = decode_document(_pdf([(2000, 2000)]), dpi=200, limits=Limits(max_pixels=1_000_000))
+    doc = decode_document(blank_pdf([(2000, 2000)]), dpi=200, limits=Limits(max_pixels=1_000_000))
     page = doc.pages[0]
     assert page.width * page.height <= 1_000_000
     assert page.width > 900
@@ -103,10 +93,10 @@ def test_limits() -> None:
     with pytest.raises(DocumentTooLargeError, match="limit is 100"):
         decode_document(b"x" * 101, limits=Limits(max_upload_bytes=100))
     with pytest.raises(DocumentTooLargeError, match="3 pages selected; the limit is 2"):
-        decode_document(_pdf([(100, 100)] * 3), limits=Limits(max_pages=2))
-    assert len(decode_document(_pdf([(100, 100)] * 3), limits=Limits(max_pages=2), page_range=(2, 3)).pages) == 2
+        decode_document(blank_pdf([(100, 100)] * 3), limits=Limits(max_pages=2))
+    assert len(decode_document(blank_pdf([(100, 100)] * 3), limits=Limits(max_pages=2), page_range=(2, 3)).pages) == 2
     with pytest.raises(DocumentError, match="outside the document's 3 page"):
-        decode_document(_pdf([(100, 100)] * 3), page_range=(4, 5))
+        decode_document(blank_pdf([(100, 100)] * 3), page_range=(4, 5))
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
@@ -142,7 +132,7 @@ def test_truncated_png_is_a_4xx() -> None:
 
 
 def test_sniff_and_page_range_parsing() -> None:
-    assert sniff(_pdf([(10, 10)])) == "pdf"
+    assert sniff(blank_pdf([(10, 10)])) == "pdf"
     assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
     assert sniff(b"hello") is None
     assert parse_page_range("3") == (3, 3)

@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageDraw
 
@@ -31,6 +30,7 @@ from appliance.gateway.engines.paddleocr_vl import _SerializedPredictor, paddle_
 from appliance.gateway.protocol import PageResult, Task
 from appliance.gateway.serving import LayoutParsingService, OcrService
 from appliance.testing.tiny import layout
+from tests.documents_support import blank_pdf
 
 pytest.importorskip("paddlex")
 
@@ -122,16 +122,6 @@ def _png(size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _pdf(sizes: list[tuple[int, int]]) -> bytes:
-    """Pages of different sizes in points: rendered at 72 dpi they are these pixel sizes."""
-    pdf = pdfium.PdfDocument.new()
-    for width, height in sizes:
-        pdf.new_page(width, height)
-    buffer = io.BytesIO()
-    pdf.save(buffer)
-    return buffer.getvalue()
-
-
 # (API, document, task): /v1/ocr with layout (the default) and single-task, /layout-parsing
 KINDS = [
     ("ocr", "png", Task.layout),
@@ -148,7 +138,7 @@ KINDS = [
 def _document(kind: str, i: int) -> bytes:
     if kind == "png":
         return _png(SIZES[i % len(SIZES)])
-    return _pdf([SIZES[i % len(SIZES)][::-1], SIZES[(i + 3) % len(SIZES)]])  # two pages, two sizes
+    return blank_pdf([SIZES[i % len(SIZES)][::-1], SIZES[(i + 3) % len(SIZES)]])  # two pages, two sizes
 
 
 async def _read(service: LayoutParsingService, api: str, data: bytes, task: Task) -> list[Any]:
