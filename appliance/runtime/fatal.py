@@ -51,14 +51,19 @@ def read_fatal(run_dir: Path | None = None) -> dict[str, object] | None:
         return None
 
 
-def shutdown_supervisord() -> None:
-    """Ask supervisord to stop everything: XML-RPC over its socket with the boot credentials, else
-    SIGTERM to our parent (which is supervisord)."""
-    env = {
+def _rpc_env() -> dict[str, str]:
+    """supervisord's XML-RPC address (given to listeners) with the boot's credentials."""
+    return {
         "SUPERVISOR_SERVER_URL": os.environ.get("SUPERVISOR_SERVER_URL", ""),
         "SUPERVISOR_USERNAME": os.environ.get("APPLIANCE_SUPERVISOR_USER", ""),
         "SUPERVISOR_PASSWORD": os.environ.get("APPLIANCE_SUPERVISOR_PASSWORD", ""),
     }
+
+
+def shutdown_supervisord() -> None:
+    """Ask supervisord to stop everything: XML-RPC over its socket with the boot credentials, else
+    SIGTERM to our parent (which is supervisord)."""
+    env = _rpc_env()
     try:
         if not env["SUPERVISOR_SERVER_URL"]:
             raise OSError("SUPERVISOR_SERVER_URL is not set")
@@ -101,11 +106,7 @@ def handle_fatal(
 
 def stop_program(name: str) -> None:
     """Stop an optional model that keeps failing to start (supervisord would restart it forever)."""
-    env = {
-        "SUPERVISOR_SERVER_URL": os.environ.get("SUPERVISOR_SERVER_URL", ""),
-        "SUPERVISOR_USERNAME": os.environ.get("APPLIANCE_SUPERVISOR_USER", ""),
-        "SUPERVISOR_PASSWORD": os.environ.get("APPLIANCE_SUPERVISOR_PASSWORD", ""),
-    }
+    env = _rpc_env()
     try:
         childutils.getRPCInterface(env).supervisor.stopProcess(name, False)
         log(f"stopped {name}")
