@@ -37,9 +37,12 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 
 def test_both_commands_start_with_the_system_tools() -> None:
     """`make -n` shows what runs: build/system-deps.sh comes first for both README commands."""
+    # Under `make test` the parent make's MAKELEVEL/MAKEFLAGS would make this one a sub-make that
+    # prints "Entering directory" lines: run it as the README's user types it, from a shell.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}}
     for target in ("offline-image", "test"):
         plan = subprocess.run(
-            ["make", "-n", "-W", "pyproject.toml", target], cwd=REPO, capture_output=True, text=True, check=True
+            ["make", "-n", "-W", "pyproject.toml", target], cwd=REPO, env=env, capture_output=True, text=True, check=True
         ).stdout.splitlines()
         assert plan and plan[0] == "bash build/system-deps.sh", (target, plan[:3])
 
