@@ -92,6 +92,9 @@ class Layout(_Strict):
     subdir: str | None = None
     model: Name | None = None
     pipeline_version: str  # PaddleOCRVL(pipeline_version=...): v1 pairs with PP-DocLayoutV2
+    # Its ONNX export (another manifest: inference.onnx + inference.yml), run by ONNX Runtime on the
+    # GPU in cuda profiles (appliance/runtime/layout.py); shipped only with cuda profiles.
+    gpu_model: Name | None = None
 
     @model_validator(mode="after")
     def _one_place(self) -> Layout:
@@ -285,11 +288,15 @@ class Catalog:
         return profile
 
     def profile_models(self, name: str) -> list[ModelManifest]:
-        """The profile's models, plus the layout models they reference (fetched and shipped with them)."""
-        names = [m.model for m in self.profile(name).models]
+        """The profile's models, plus the layout models they reference (fetched and shipped with them;
+        a layout model's ONNX export for the GPU only with a cuda profile)."""
+        profile = self.profile(name)
+        names = [m.model for m in profile.models]
         for model in [self.model(n) for n in names]:
-            if model.layout and model.layout.model and model.layout.model not in names:
-                names.append(model.layout.model)
+            if model.layout is None:
+                continue
+            wanted = [model.layout.model, model.layout.gpu_model if profile.target.device == "cuda" else None]
+            names += [n for n in wanted if n and n not in names]
         return [self.model(n) for n in names]
 
     def lock_path(self, model: str) -> Path:
@@ -309,9 +316,10 @@ class Catalog:
         for name in self.model_names():
             try:
                 model = self.model(name)
-                if model.layout and model.layout.model and model.layout.model not in self.model_names():
-                    problem = f"layout.model: no manifest {model.layout.model!r}"
-                    raise ManifestError(self.models_dir / f"{name}.yaml", [problem])
+                for key in ("model", "gpu_model"):
+                    other = getattr(model.layout, key) if model.layout else None
+                    if other and other not in self.model_names():
+                        raise ManifestError(self.models_dir / f"{name}.yaml", [f"layout.{key}: no manifest {other!r}"])
             except ManifestError as exc:
                 errors.append(exc)
         for name in self.profile_names():

@@ -10,13 +10,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import delta_bench, gateway_bench, image_bench, runtime_bench, store
+from bench import delta_bench, gateway_bench, image_bench, layout_bench, runtime_bench, store
 
 BENCHES = {
     "verify": store.bench_verify,
     "fetch": store.bench_fetch,
     "runtime": runtime_bench.run,
     "gateway": gateway_bench.run,
+    "layout": layout_bench.run,
     "image": image_bench.run,
     "delta": delta_bench.run,
 }

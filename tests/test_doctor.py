@@ -427,29 +427,46 @@ def test_cli_exit_codes_and_json(
     assert "model directory is missing" in capsys.readouterr().out
 
 
-def test_doctor_says_where_the_layout_model_runs(manifests: ManifestDir) -> None:
-    """A GPU profile whose appliance venv has paddle's CPU build: the layout model caps pages/s."""
+def test_doctor_says_where_the_layout_model_runs(manifests: ManifestDir, tmp_path: Path) -> None:
+    """A GPU profile whose gateway would run the layout model on the CPU: warned, with what that caps."""
+    manifests.model("onnx", "engine: paddle-layout\nsource: dir:/nowhere\nresources: {weight_bytes: 1000}\n")
     manifests.model(
         "paddle",
         """\
         engine: paddleocr-vl
         source: dir:/nowhere
         serve: {served_model_name: p}
-        layout: {model_name: PP-DocLayoutV2, subdir: PP-DocLayoutV2, pipeline_version: v1}
+        layout: {model_name: PP-DocLayoutV2, subdir: PP-DocLayoutV2, pipeline_version: v1, gpu_model: onnx}
         resources: {weight_bytes: 1000}
         """,
     )
     add_profile(manifests, "cpu", ["paddle"], "{device: cpu}")
     add_profile(manifests, "gpu", ["paddle"], "{device: cuda, gpu_memory_gib: 24}")
     catalog = manifests.catalog()
+    store = tmp_path / "models"
 
-    def never(args: Any, timeout: float) -> Any:
-        raise AssertionError("a CPU profile needs no probe")
+    def nothing(distribution: str) -> str | None:
+        return None
 
-    cpu = check_layout_device(catalog, catalog.profile("cpu"), never)
-    assert [(c.status, c.detail.split(" ")[0]) for c in cpu] == [("pass", "CPU")]
-    # the installed build (paddlepaddle CPU) asked for real: on a GPU profile that is a warning
-    real = check_layout_device(catalog, catalog.profile("gpu"))[0]
-    assert real.status == "warn" and "caps requests with layout on near 1.7 pages/s" in real.detail, real
-    gpu_build = subprocess.CompletedProcess([], 0, stdout="True\n", stderr="")
-    assert check_layout_device(catalog, catalog.profile("gpu"), lambda a, t: gpu_build)[0].status == "pass"
+    def check(profile: str, installed: Any = nothing) -> Check:
+        [found] = check_layout_device(catalog, catalog.profile(profile), store, installed)
+        return found
+
+    cpu = check("cpu", lambda d: pytest.fail("a CPU profile needs no probe"))
+    assert cpu.status == "pass" and cpu.detail.startswith("CPU (paddle, CPU), a CPU profile: ~0.6 s a page caps")
+    shortfall = check("gpu")
+    assert shortfall.status == "warn", shortfall
+    assert "no " + str(store / "onnx" / "inference.onnx") + " (the image lacks onnx)" in shortfall.detail
+    assert "caps requests with layout on near 1.7 pages/s whatever the GPU" in shortfall.detail
+    assert "1.62 pages/s on one A100" in shortfall.detail
+    (store / "onnx").mkdir(parents=True)
+    (store / "onnx" / "inference.onnx").write_bytes(b"onnx")
+    no_runtime = check("gpu")
+    assert no_runtime.status == "warn" and "onnxruntime-gpu is not installed" in no_runtime.detail
+    ort = check("gpu", {"onnxruntime-gpu": "1.31.1"}.get)
+    assert ort.status == "pass" and ort.detail.startswith("GPU (ONNX Runtime 1.31.1, CUDAExecutionProvider, onnx)")
+    assert "near 20.0 pages/s" in ort.detail
+    # Paddle's GPU build installed by hand (Paddle's own index): PaddleX puts the Paddle model on the GPU
+    (store / "onnx" / "inference.onnx").unlink()
+    paddle_gpu = check("gpu", {"paddlepaddle-gpu": "3.3.1"}.get)
+    assert paddle_gpu.status == "pass" and paddle_gpu.detail.startswith("GPU (paddlepaddle-gpu 3.3.1)")

@@ -31,7 +31,8 @@ def plan(
     manifests: ManifestsOpt = None,
 ) -> None:
     """Show how the profile's vLLM servers share the GPU: per model weights + KV cache + overhead, and the
-    --gpu-memory-utilization each gets (a fraction of *total* memory). Exits 1, with the numbers, if
+    --gpu-memory-utilization each gets (a fraction of *total* memory); a layout model that runs on the
+    GPU (ONNX Runtime in the gateway) is listed with its reserved share. Exits 1, with the numbers, if
     the models cannot fit within the profile's safe fraction.
 
     Example:
@@ -45,7 +46,7 @@ def plan(
     table = Table("model", "weights", "KV cache", "overhead", "need", "fraction", title=title)
     for m in result.models:
         table.add_row(
-            m.name,
+            m.name if m.kind == "vllm" else f"{m.name} (layout)",
             f"{m.weight_bytes / GIB:.2f} GiB",
             f"{m.kv_bytes / GIB:.2f} GiB",
             f"{m.overhead_bytes / GIB:.2f} GiB",

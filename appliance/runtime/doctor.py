@@ -25,6 +25,7 @@ from appliance.errors import LockError
 from appliance.manifest import Catalog, Profile
 from appliance.runtime.checks import COMMAND_TIMEOUT, Check, Runner, Status, run_command
 from appliance.runtime.gpu import Gpu, check_gpu, parse_gpus
+from appliance.runtime.layout import Installed, installed_version, layout_placement
 from appliance.store.lock import disagreements, read_lock
 from appliance.store.verify import verify_fast
 
@@ -252,33 +253,17 @@ def check_python(catalog: Catalog, profile: Profile, python: str, run: Runner = 
     return checks
 
 
-# Public figures (PaddleX model list): PP-DocLayoutV2 ~0.6 s a page on a CPU, ~0.05 s on a GPU; the
-# layout model runs once per page in the gateway, one page at a time (its calls are serialised).
-LAYOUT_CPU_SECONDS = 0.6
-GPU_BUILD_PROBE = "import paddle; print(paddle.device.is_compiled_with_cuda())"
-
-
-def check_layout_device(catalog: Catalog, profile: Profile, run: Runner = run_command) -> list[Check]:
-    """Where the Paddle layout model runs: the appliance interpreter's paddle build decides."""
-    layouts = [m.name for m in catalog.profile_models(profile.name) if m.layout is not None]
-    if not layouts:
+def check_layout_device(
+    catalog: Catalog, profile: Profile, store: Path, installed: Installed = installed_version
+) -> list[Check]:
+    """Where the Paddle layout model runs (appliance/runtime/layout.py) and the pages/s that caps: on a
+    cuda profile the CPU is a warning."""
+    place = layout_placement(catalog, profile, store, installed)
+    if place is None:
         return []
-    name = f"layout model device ({', '.join(layouts)})"
-    if profile.target.device == "cpu":
-        return [Check(name, "pass", "CPU (CPU profile, paddlepaddle CPU build)")]
-    try:
-        answer = run([sys.executable, "-c", GPU_BUILD_PROBE], COMMAND_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [Check(name, "warn", f"cannot ask paddle in {sys.executable}: {exc}")]
-    lines = answer.stdout.strip().splitlines()
-    if answer.returncode != 0 or not lines:
-        return [Check(name, "warn", f"paddle does not import in {sys.executable}: {answer.stderr.strip()[-200:]}")]
-    if lines[-1] == "True":
-        return [Check(name, "pass", "GPU (paddlepaddle-gpu build: PaddleX puts the layout model on gpu:0 by default)")]
-    cap = 1 / LAYOUT_CPU_SECONDS
-    return [Check(name, "warn", f"CPU: the appliance venv has paddlepaddle's CPU build; ~{LAYOUT_CPU_SECONDS} s a page "
-                  f"caps requests with layout on near {cap:.1f} pages/s whatever the GPU "
-                  "(install paddlepaddle-gpu into the appliance venv to run it on the GPU)")]  # fmt: skip
+    name = f"layout model device ({place.model}: {place.layout})"
+    status: Status = "warn" if place.wanted_gpu and place.device == "cpu" else "pass"
+    return [Check(name, status, place.summary())]
 
 
 # --- 6. offline switches --------------------------------------------------------------------------
@@ -315,6 +300,7 @@ class Probes:
 
     run: Runner = run_command
     disk_usage: DiskUsage = shutil.disk_usage
+    installed: Installed = installed_version  # distribution -> version in the appliance interpreter
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
 
@@ -336,7 +322,7 @@ def run_checks(
         *check_ports(profile, running),
         *check_store(catalog, profile, store),
         *check_python(catalog, profile, vllm_python or constants.vllm_python(), probes.run),
-        *check_layout_device(catalog, profile, probes.run),
+        *check_layout_device(catalog, profile, store, probes.installed),
         *check_offline_env(probes.environ),
     ]
 

@@ -5,6 +5,11 @@ for weights + KV cache + activations. Two servers on one GPU therefore must have
 sum below 1 with room for the CUDA contexts — the field's hand-tuned 0.85 + 0.70 could never fit.
 Per model: weights + KV bytes/token x max_model_len x max_num_seqs + overhead, then a common
 scale-up so the spare memory is shared in proportion (more KV cache, never less than needed).
+
+A PaddleOCR-VL layout model that runs on the GPU (its ONNX export under ONNX Runtime, cuda
+profiles: `layout.gpu_model`) is no vLLM server but takes GPU memory too: it gets a fixed share
+(weights + overhead of its manifest, which also caps ONNX Runtime's arena) before the vLLM servers
+share the rest, so the fractions rendered for vLLM leave room for it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ class ModelPlan:
     weight_bytes: int
     kv_bytes: int
     overhead_bytes: int
-    fraction: float  # --gpu-memory-utilization (cuda); 0 on cpu
+    fraction: float  # --gpu-memory-utilization (cuda); 0 on cpu; a layout model's reserved share
+    kind: str = "vllm"  # or "layout": a layout model on the GPU (ONNX Runtime in the gateway), no vLLM flag
 
     @property
     def need_bytes(self) -> int:
@@ -44,7 +50,7 @@ class Plan:
     models: list[ModelPlan]
 
     def fraction(self, model: str) -> float:
-        return next(m.fraction for m in self.models if m.name == model)
+        return next(m.fraction for m in self.models if m.name == model and m.kind == "vllm")
 
     @property
     def need_bytes(self) -> int:
@@ -63,6 +69,19 @@ def _served(catalog: Catalog, profile: Profile) -> list[tuple[ModelManifest, Pro
     return [(m, e) for m, e in pairs if m.serve is not None]
 
 
+def gpu_layout_models(catalog: Catalog, profile: Profile) -> list[ModelManifest]:
+    """The layout model that runs on the GPU in `profile` (cuda only): the ONNX export its PaddleOCR-VL
+    model names (`layout.gpu_model`)."""
+    if profile.target.device != "cuda":
+        return []
+    # Only the first PaddleOCR-VL model of a profile gets a pipeline in the gateway
+    # (appliance.gateway.engines_setup.build_engines): a later one's layout model is never loaded.
+    first = next((m for m, _ in _served(catalog, profile) if m.engine == "paddleocr-vl"), None)
+    if first is None or first.layout is None or first.layout.gpu_model is None:
+        return []
+    return [catalog.model(first.layout.gpu_model)]
+
+
 def plan_profile(catalog: Catalog, profile: Profile, gpu_memory_gib: float | None = None) -> Plan:
     """Fractions for every served model of `profile`; PlanError if they cannot fit."""
     served = _served(catalog, profile)
@@ -72,27 +91,34 @@ def plan_profile(catalog: Catalog, profile: Profile, gpu_memory_gib: float | Non
         return Plan(profile.name, "cpu", 0, target.safe_fraction, models)
     total = int((gpu_memory_gib or target.gpu_memory_gib or 0) * GIB)
     needs = [(m.name, *model_need(m, e)) for m, e in served]
-    need = sum(w + kv + o for _, w, kv, o in needs)
+    gpu_layouts = gpu_layout_models(catalog, profile)
+    layouts = [(m.name, m.resources.weight_bytes, 0, m.resources.overhead_bytes) for m in gpu_layouts]
+    need = sum(w + kv + o for _, w, kv, o in needs + layouts)
     budget = total * target.safe_fraction
     # Fractions are rendered with two decimals: round each need *up*, then share what is left of
     # the safe total in proportion to need, rounded *down*, so neither side can overshoot.
+    # A layout model's share renders no flag: reserved exactly (its arena is capped by the engine).
+    reserved = [(w + o) / total for _, w, _, o in layouts]
     base = [math.ceil((w + kv + o) / total * 100) / 100 for _, w, kv, o in needs]
-    if need > budget or sum(base) > target.safe_fraction + 1e-9:
+    if need > budget or sum(base) + sum(reserved) > target.safe_fraction + 1e-9:
         rows = "\n".join(
             f"  {name:24s} weights {w / GIB:6.2f} + KV {kv / GIB:6.2f} + overhead {o / GIB:5.2f}"
             f" = {(w + kv + o) / GIB:6.2f} GiB"
-            for name, w, kv, o in needs
+            for name, w, kv, o in needs + layouts
         )
         raise PlanError(
             f"profile {profile.name} needs {need / GIB:.2f} GiB but {total / GIB:.1f} GiB x {target.safe_fraction:.2f} "
             f"= {budget / GIB:.2f} GiB is the safe total:\n{rows}\n"
             "Lower max_model_len / max_num_seqs, use an FP8 variant, or drop a model."
         )
-    spare = target.safe_fraction - sum(base)
+    spare = target.safe_fraction - sum(base) - sum(reserved)
+    served_need = sum(w + kv + o for _, w, kv, o in needs)
     models = [
-        ModelPlan(name, w, kv, o, fraction=round(b + _floor(spare * (w + kv + o) / need), 2))
+        ModelPlan(name, w, kv, o, fraction=round(b + _floor(spare * (w + kv + o) / served_need), 2))
         for (name, w, kv, o), b in zip(needs, base, strict=True)
     ]
+    for (name, w, _, o), share in zip(layouts, reserved, strict=True):
+        models.append(ModelPlan(name, w, 0, o, fraction=round(share, 4), kind="layout"))
     return Plan(profile.name, "cuda", total, target.safe_fraction, models)
 
 
