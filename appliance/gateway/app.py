@@ -30,6 +30,7 @@ from appliance.gateway.paddlex_compat import InferRequest
 from appliance.gateway.serving import LayoutParsingService, OcrService
 from appliance.gateway.upstreams import Upstreams
 from appliance.manifest import Catalog
+from appliance.runtime.layout import layout_placement
 from appliance.runtime.served import served_models
 
 PROBE_TIMEOUT = httpx.Timeout(2.0)  # a probe must answer well within a Kubernetes probe timeout
@@ -65,8 +66,9 @@ def create_app(
                 skip_auto_headers=("User-Agent",),
             ) as upstream_session,
         ):
-            engines = build_engines(catalog, served, models_root)
-            app.state.probes = probes.ProbeService(catalog, prof, probe_client, run_dir)
+            layout = layout_placement(catalog, prof, models_root)  # where the layout model runs (GPU or CPU)
+            engines = build_engines(catalog, served, models_root, layout)
+            app.state.probes = probes.ProbeService(catalog, prof, probe_client, run_dir, layout)
             app.state.http = probe_client  # short calls to the engines: probes, /v1/models listings
             app.state.upstream_session = upstream_session
             app.state.upstreams = Upstreams(served)

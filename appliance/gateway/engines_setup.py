@@ -8,6 +8,7 @@ from typing import Any
 
 from appliance.gateway.engines import Engine, EngineSettings, build_engine
 from appliance.manifest import Catalog, ModelManifest
+from appliance.runtime.layout import LayoutPlacement
 from appliance.runtime.served import Served
 
 
@@ -29,7 +30,11 @@ def _processor_pixels(manifest: ModelManifest, model_dir: Path) -> dict[str, int
     return limits
 
 
-def engine_options(catalog: Catalog, served: Served, models_root: Path) -> dict[str, Any]:
+def engine_options(
+    catalog: Catalog, served: Served, models_root: Path, placement: LayoutPlacement | None = None
+) -> dict[str, Any]:
+    """The adapter's options; `placement` (appliance.runtime.layout.layout_placement) puts a PaddleOCR-VL
+    model's layout model on the GPU when it says ONNX Runtime for this model."""
     manifest = served.manifest
     model_dir = models_root / manifest.name
     if manifest.engine == "dots-ocr":
@@ -38,13 +43,17 @@ def engine_options(catalog: Catalog, served: Served, models_root: Path) -> dict[
         layout = manifest.layout
         where = model_dir / layout.subdir if layout.subdir else models_root / (layout.model or "")
         options: dict[str, Any] = {"pipeline_version": layout.pipeline_version, "layout_model_name": layout.model_name}
-        if (where / "inference.yml").is_file():
+        if placement is not None and placement.model == manifest.name and placement.onnx:
+            options |= {"layout_model_dir": placement.model_dir, "layout_gpu_mem_limit": placement.gpu_mem_limit}
+        elif (where / "inference.yml").is_file():
             options["layout_model_dir"] = where
         return options
     return {}
 
 
-def build_engines(catalog: Catalog, served: list[Served], models_root: Path) -> dict[str, Engine]:
+def build_engines(
+    catalog: Catalog, served: list[Served], models_root: Path, layout: LayoutPlacement | None = None
+) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for model in served:
         if model.engine in engines:
@@ -55,5 +64,6 @@ def build_engines(catalog: Catalog, served: list[Served], models_root: Path) -> 
             max_concurrency=model.entry.max_num_seqs,
             max_new_tokens=model.entry.output_tokens,
         )
-        engines[model.engine] = build_engine(model.engine, settings, **engine_options(catalog, model, models_root))
+        options = engine_options(catalog, model, models_root, layout)
+        engines[model.engine] = build_engine(model.engine, settings, **options)
     return engines

@@ -207,10 +207,28 @@ class ModelStartup(BaseModel):
     detail: str
 
 
+class LayoutPlacement(BaseModel):
+    """Where PaddleOCR-VL's layout model runs in the gateway, and the pages/s that caps."""
+
+    model: str = Field(description="the PaddleOCR-VL model whose pipeline runs it")
+    layout: str = Field(description="PP-DocLayoutV2 or PP-DocLayoutV3")
+    device: str = Field(description="gpu or cpu")
+    runtime: str
+    model_dir: str
+    onnx: bool = Field(description="its ONNX export under ONNX Runtime (else Paddle Inference)")
+    wanted_gpu: bool = Field(description="a GPU profile: on the CPU it caps the appliance")
+    detail: str
+    gpu_mem_limit: int | None = Field(description="ONNX Runtime's arena cap on the GPU, bytes")
+    seconds_per_page: float = Field(description="public figure for the layout model on this device")
+    cap_pages_per_second: float = Field(description="1 / seconds_per_page: its calls are serialised")
+    summary: str
+
+
 class Startup(BaseModel):
     started: bool
     profile: str
     models: list[ModelStartup]
+    layout: LayoutPlacement | None = Field(description="null: no PaddleOCR-VL model with a layout model")
 
 
 def probe_responses(model: type[BaseModel], not_yet: str) -> dict[int | str, dict[str, Any]]:

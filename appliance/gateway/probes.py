@@ -3,6 +3,8 @@
 - `/livez`: the gateway process answers.
 - `/startupz`: every model's start-up phase and seconds in it; 200 once every essential model is
   ready, else 503 (a Kubernetes startupProbe keeps waiting instead of killing a 2-4 min cold start).
+  Also where PaddleOCR-VL's layout model runs (GPU or CPU) and the pages/s that caps
+  (appliance/runtime/layout.py): informational, it never holds the probe back.
 - `/readyz`: asks the engines themselves: every essential one answers `/health` 200 *and* lists its
   served name in `/v1/models`; optional ones that do not are listed as degraded, not fatal.
 """
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse
 from appliance.gateway import openapi
 from appliance.manifest import Catalog, Profile
 from appliance.runtime import phases
+from appliance.runtime.layout import LayoutPlacement
 from appliance.runtime.served import Served, served_models
 
 router = APIRouter(tags=["probes"])
@@ -48,9 +51,15 @@ class ProbeService:
     """Built once at start-up (app lifespan); holds the profile and one HTTP client for the engines."""
 
     def __init__(
-        self, catalog: Catalog, profile: Profile, client: httpx.AsyncClient, run_dir: Path | None = None
+        self,
+        catalog: Catalog,
+        profile: Profile,
+        client: httpx.AsyncClient,
+        run_dir: Path | None = None,
+        layout: LayoutPlacement | None = None,
     ) -> None:
         self.catalog = catalog
+        self.layout = layout
         self.profile = profile
         self.served = served_models(catalog, profile)
         self.client = client
@@ -85,7 +94,8 @@ class ProbeService:
     def startup(self) -> tuple[bool, dict[str, Any]]:
         report = phases.startup_report(self.catalog, self.profile, self.run_dir)
         started = phases.all_essential_ready(report)
-        return started, {"started": started, "profile": self.profile.name, "models": [m.to_dict() for m in report]}
+        body = {"started": started, "profile": self.profile.name, "models": [m.to_dict() for m in report]}
+        return started, body | {"layout": self.layout.to_dict() if self.layout else None}
 
 
 def probe_service(request: Request) -> ProbeService:

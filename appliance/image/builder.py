@@ -176,7 +176,11 @@ def build(
         with tempfile.TemporaryDirectory(prefix="appliance-wheel-") as tmp:
             wheel = context.build_appliance_wheel(constants.project_root(), Path(tmp))
             context.download_wheelhouse(
-                wheel, base, ctx / "wheelhouse", constraints=constants.project_root() / "build/constraints.txt"
+                wheel,
+                base,
+                ctx / "wheelhouse",
+                constraints=constants.project_root() / "build/constraints.txt",
+                wanted=context.image_extras(catalog, profile),
             )
             conf = (
                 supervisord_conf.read_text() if supervisord_conf else context.render_supervisord_conf(catalog, profile)

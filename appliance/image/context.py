@@ -33,6 +33,18 @@ EXEC_MODE = 0o755
 # Extras of the appliance installed in the image when the project defines them (the run time's
 # supervisord and the gateway's web stack); the core dependencies always are.
 IMAGE_EXTRAS = ("runtime", "gateway")
+# cuda profiles whose PaddleOCR-VL layout model has an ONNX export: ONNX Runtime's GPU build runs it
+# there (appliance/runtime/layout.py). PyPI's wheel; the product image of a CPU profile stays without.
+LAYOUT_GPU_EXTRA = "layout-gpu"
+
+
+def image_extras(catalog: Catalog, profile: Profile) -> tuple[str, ...]:
+    """The appliance extras the image of `profile` installs (those the wheel defines)."""
+    from appliance.runtime.plan import gpu_layout_models
+
+    return IMAGE_EXTRAS + ((LAYOUT_GPU_EXTRA,) if gpu_layout_models(catalog, profile) else ())
+
+
 # Zip timestamps cannot predate 1980: the appliance wheel's entries get this date.
 WHEEL_EPOCH = "315532800"
 _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES}
@@ -175,12 +187,19 @@ def _requirement_of(wheel_name: str) -> str:
 
 
 def download_wheelhouse(
-    appliance_wheel: Path, base: BaseImage, dest: Path, *, constraints: Path | None = None, quiet: bool = True
+    appliance_wheel: Path,
+    base: BaseImage,
+    dest: Path,
+    *,
+    constraints: Path | None = None,
+    quiet: bool = True,
+    wanted: tuple[str, ...] = IMAGE_EXTRAS,
 ) -> list[str]:
-    """Binary wheels of the appliance's run-time dependencies for the base's Python and platform,
-    plus `requirements.txt` pinning them; the appliance wheel itself is not in it."""
+    """Binary wheels of the appliance's run-time dependencies (with the `wanted` extras the wheel
+    defines) for the base's Python and platform, plus `requirements.txt` pinning them; the appliance
+    wheel itself is not in it."""
     dest.mkdir(parents=True, exist_ok=True)
-    extras = [e for e in IMAGE_EXTRAS if e in wheel_extras(appliance_wheel)]
+    extras = [e for e in wanted if e in wheel_extras(appliance_wheel)]
     requirement = f"{appliance_wheel}[{','.join(extras)}]" if extras else str(appliance_wheel)
     cmd = _pip(
         "download",

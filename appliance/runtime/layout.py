@@ -31,6 +31,9 @@ CPU_SECONDS = 0.6
 GPU_SECONDS = 0.05
 PAPER_PAGES_PER_SECOND = 1.62  # PaddleOCR-VL paper: end-to-end pages/s on one A100
 ONNX_FILE = "inference.onnx"
+# ONNX Runtime's CUDA context (lazy module loading) lies outside its arena: the arena gets the rest of
+# the share the GPU plan reserves for the layout model (its manifest's weights + overhead).
+CUDA_CONTEXT_BYTES = 400_000_000
 ORT_GPU = "onnxruntime-gpu"
 PADDLE_GPU = "paddlepaddle-gpu"
 
@@ -55,6 +58,7 @@ class LayoutPlacement:
     onnx: bool  # ONNX Runtime (PaddleX engine "onnxruntime") rather than Paddle Inference
     wanted_gpu: bool  # a cuda profile: the CPU there is a shortfall
     detail: str = ""
+    gpu_mem_limit: int | None = None  # ONNX Runtime's arena cap on the GPU (bytes)
 
     @property
     def seconds_per_page(self) -> float:
@@ -110,10 +114,12 @@ def layout_placement(
         return LayoutPlacement(**place, device="cpu", runtime="paddle, CPU", onnx=False, wanted_gpu=False)
     onnx_dir = models_root / layout.gpu_model if layout.gpu_model else None
     ort = installed(ORT_GPU)
-    if onnx_dir is not None and (onnx_dir / ONNX_FILE).is_file() and ort:
+    if layout.gpu_model and onnx_dir is not None and (onnx_dir / ONNX_FILE).is_file() and ort:
         runtime = f"ONNX Runtime {ort}, CUDAExecutionProvider, {layout.gpu_model}"
+        res = catalog.model(layout.gpu_model).resources
+        limit = max(res.weight_bytes + res.overhead_bytes - CUDA_CONTEXT_BYTES, res.weight_bytes)
         return LayoutPlacement(**place | {"model_dir": onnx_dir}, device="gpu", runtime=runtime, onnx=True,
-                               wanted_gpu=True)  # fmt: skip
+                               wanted_gpu=True, gpu_mem_limit=limit)  # fmt: skip
     if paddle_gpu := installed(PADDLE_GPU):
         return LayoutPlacement(**place, device="gpu", runtime=f"paddlepaddle-gpu {paddle_gpu}", onnx=False,
                                wanted_gpu=True)  # fmt: skip

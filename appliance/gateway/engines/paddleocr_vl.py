@@ -25,6 +25,11 @@ silently (DESIGN §14; PaddleX's own server serialises whole pipeline calls for 
 only the layout model's calls (`_SerializedPredictor`): cropping and the VL requests of many pages
 still run concurrently, the part that takes the time.
 
+On a GPU (cuda profiles, appliance/runtime/layout.py) the layout model is its ONNX export run by
+PaddleX's own `engine="onnxruntime"` on the CUDA provider, chosen for that sub-module alone through
+the PaddleX pipeline config (`paddlex_config`): the VL model stays a client of our vLLM server.
+ONNX Runtime's arena is capped (`gpu_mem_limit`) at the share the GPU plan reserved for it.
+
 Truncation is not visible here: PaddleX keeps only `choices[0].message.content` of each region's
 answer (paddlex/inference/models/doc_vlm/predictor.py `_doc_vlm_genai_collect_responses`), so a
 region cut at `max_new_tokens` cannot be marked in the page's warnings as the other engines' are.
@@ -33,6 +38,7 @@ region cut at `max_new_tokens` cannot be marked in the page's warnings as the ot
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -49,6 +55,8 @@ from appliance.gateway.protocol import Block, PageResult, Task
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger(__name__)
 
 # pipeline_version → (PaddleX pipeline name, VL model name the pipeline asks the server for)
 PIPELINES = {
@@ -82,8 +90,11 @@ class PaddleOcrVlEngine(Engine):
         pipeline_version: str = "v1",
         layout_model_dir: Path | str | None = None,
         layout_model_name: str | None = None,
+        layout_gpu_mem_limit: int | None = None,
         pipeline_factory: PipelineFactory | None = None,
     ) -> None:
+        """`layout_gpu_mem_limit` set: `layout_model_dir` is the ONNX export, run on the GPU by ONNX
+        Runtime with its arena capped at that many bytes."""
         super().__init__(settings)
         if pipeline_version not in PIPELINES:
             raise ValueError(f"pipeline_version {pipeline_version!r}: expected one of {', '.join(PIPELINES)}")
@@ -92,6 +103,8 @@ class PaddleOcrVlEngine(Engine):
         if self.layout_model_dir is not None and not (self.layout_model_dir / "inference.yml").is_file():
             raise ValueError(f"layout model dir {self.layout_model_dir}: no inference.yml")
         self.layout_model_name = layout_model_name
+        self.layout_gpu_mem_limit = layout_gpu_mem_limit
+        self.layout_providers: list[str] = []  # ONNX Runtime's providers of the built layout session
         self._factory = pipeline_factory or _official_pipeline
         self._pipeline: Any = None
         self._lock = threading.Lock()
@@ -119,7 +132,33 @@ class PaddleOcrVlEngine(Engine):
                 kwargs["layout_detection_model_name"] = self.layout_model_name
         else:
             kwargs["use_layout_detection"] = False
+        if self.layout_model_dir is not None and self.layout_gpu_mem_limit is not None:
+            kwargs["paddlex_config"] = self.paddlex_config()
         return kwargs
+
+    def layout_engine_config(self) -> dict[str, Any]:
+        """The layout sub-module's PaddleX engine settings on the GPU (ONNX Runtime, CUDA provider)."""
+        return {
+            "engine": "onnxruntime",
+            "engine_config": {
+                "device_type": "gpu",
+                "device_id": 0,
+                "provider_options": {
+                    "gpu_mem_limit": self.layout_gpu_mem_limit,
+                    "arena_extend_strategy": "kSameAsRequested",  # grow by what is asked, not by doubling
+                    "cudnn_conv_algo_search": "HEURISTIC",  # no exhaustive search's big trial workspaces
+                },
+            },
+        }
+
+    def paddlex_config(self) -> dict[str, Any]:
+        """PaddleX's own pipeline config with the layout sub-module on ONNX Runtime (GPU); the
+        constructor's other arguments are merged over it by PaddleOCR as usual."""
+        from paddlex.inference.pipelines import load_pipeline_config
+
+        config = load_pipeline_config(PIPELINES[self.pipeline_version][0])
+        config["SubModules"]["LayoutDetection"].update(self.layout_engine_config())
+        return config
 
     def pipeline(self) -> Any:
         """The pipeline, built on first use (thread-safe; construction makes no network call)."""
@@ -129,9 +168,19 @@ class PaddleOcrVlEngine(Engine):
                     for key, value in paddle_offline_env().items():
                         os.environ.setdefault(key, value)
                     _check_flags_read()
+                    if self.layout_gpu_mem_limit is not None:
+                        _preload_cuda_libraries()
                     pipeline = self._factory(**self.pipeline_kwargs())
                     if self.has_layout:
                         guard_layout_model(pipeline)
+                    if self.layout_gpu_mem_limit is not None:
+                        self.layout_providers = layout_providers(pipeline)
+                        if "CUDAExecutionProvider" not in self.layout_providers:
+                            log.warning(
+                                "the layout model was meant for the GPU but ONNX Runtime runs it on %s "
+                                "(CUDA or cuDNN libraries not found?): ~0.6 s a page caps layout requests",
+                                self.layout_providers or "no provider",
+                            )
                     self._pipeline = pipeline
         return self._pipeline
 
@@ -235,6 +284,36 @@ def guard_layout_model(pipeline: Any) -> int:
     if not guarded:
         raise EngineError("paddleocr-vl", "no layout_det_model in the PaddleX pipeline: cannot serialise its calls")
     return guarded
+
+
+def _layout_models(pipeline: Any) -> list[Any]:
+    outer = getattr(pipeline, "paddlex_pipeline", pipeline)
+    own = vars(outer)
+    inner = own.get("_pipelines") or ([own["_pipeline"]] if own.get("_pipeline") is not None else [outer])
+    return [m for m in (getattr(each, "layout_det_model", None) for each in inner) if m is not None]
+
+
+def layout_providers(pipeline: Any) -> list[str]:
+    """ONNX Runtime's providers of the layout model's session (empty if it is no ONNX Runtime model)."""
+    for model in _layout_models(pipeline):
+        predictor = getattr(model, "_predictor", model)  # unwrap the guard
+        session = getattr(getattr(predictor, "runner", None), "session", None)
+        if session is not None:
+            return list(session.get_providers())
+    return []
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu's CUDA/cuDNN come as nvidia-* wheels in this venv (the layout-gpu extra): load
+    them before the session is made, as ONNX Runtime's own `preload_dlls` does (>= 1.21)."""
+    try:
+        import onnxruntime
+
+        preload = getattr(onnxruntime, "preload_dlls", None)
+        if preload is not None:
+            preload()
+    except Exception as exc:  # the session then says which provider it got: logged by the caller
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
 
 
 def _official_pipeline(**kwargs: Any) -> Any:
