@@ -79,16 +79,22 @@ def test_the_gpu_engine_runs_only_the_layout_sub_module_on_onnx_runtime(
     layout, vl = config["SubModules"]["LayoutDetection"], config["SubModules"]["VLRecognition"]
     assert layout["model_dir"] == str(root / "pp-doclayoutv2-onnx") and layout["model_name"] == "PP-DocLayoutV2"
     assert layout["engine"] == "onnxruntime"
-    assert layout["engine_config"]["device_type"] == "gpu"
-    assert layout["engine_config"]["provider_options"]["gpu_mem_limit"] == place.gpu_mem_limit  # type: ignore[union-attr]
+    ort = layout["engine_config"]["onnxruntime"]
+    assert ort["device_type"] == "gpu" and ort["provider_options"]["gpu_mem_limit"] == place.gpu_mem_limit  # type: ignore[union-attr]
     assert vl["genai_config"]["backend"] == "vllm-server" and "engine" not in vl
     # How PaddleX picks each sub-module's engine: ONNX Runtime for layout, the vLLM client for VL
     assert BasePipeline._resolve_child_engine(layout, None, allow_genai=True) == ("onnxruntime", False)
     assert BasePipeline._resolve_child_engine(vl, None, allow_genai=True) == (None, True)
-    # PaddleX's ONNX Runtime engine accepts these settings as they are
+    # What PaddleX's create_model makes of them next to the pipeline's own engine_config (PaddleOCR's
+    # `{"paddle_static": …}`): ONNX Runtime's settings, accepted by its runner as they are
+    from paddleocr._common_args import parse_common_args, prepare_common_init_args
+    from paddlex.inference.models import _maybe_flatten_bucketed_engine_config
     from paddlex.inference.models.runners.onnxruntime_runner import ONNXRuntimeRunnerConfig
 
-    ONNXRuntimeRunnerConfig.model_validate(layout["engine_config"])
+    inherited = prepare_common_init_args(None, parse_common_args({"device": "cpu"}, default_enable_hpi=None))
+    merged = dict(inherited["engine_config"]) | layout["engine_config"]
+    flat = _maybe_flatten_bucketed_engine_config("onnxruntime", merged)
+    assert ONNXRuntimeRunnerConfig.model_validate(flat).device_type == "gpu"
 
     cpu_engine = build_engines(CATALOG, served_models(CATALOG, CATALOG.profile("gpu-24gb")), root)["paddleocr-vl"]
     assert "paddlex_config" not in cpu_engine.pipeline_kwargs()  # no placement: the Paddle model, as before

@@ -137,17 +137,22 @@ class PaddleOcrVlEngine(Engine):
         return kwargs
 
     def layout_engine_config(self) -> dict[str, Any]:
-        """The layout sub-module's PaddleX engine settings on the GPU (ONNX Runtime, CUDA provider)."""
+        """The layout sub-module's PaddleX engine settings on the GPU (ONNX Runtime, CUDA provider).
+
+        Bucketed by engine name: PaddleX merges the pipeline's own engine_config (PaddleOCR passes
+        `{"paddle_static": …}`) into each sub-module's and refuses a mix of bucket and flat keys."""
         return {
             "engine": "onnxruntime",
             "engine_config": {
-                "device_type": "gpu",
-                "device_id": 0,
-                "provider_options": {
-                    "gpu_mem_limit": self.layout_gpu_mem_limit,
-                    "arena_extend_strategy": "kSameAsRequested",  # grow by what is asked, not by doubling
-                    "cudnn_conv_algo_search": "HEURISTIC",  # no exhaustive search's big trial workspaces
-                },
+                "onnxruntime": {
+                    "device_type": "gpu",
+                    "device_id": 0,
+                    "provider_options": {
+                        "gpu_mem_limit": self.layout_gpu_mem_limit,
+                        "arena_extend_strategy": "kSameAsRequested",  # grow by what is asked, not by doubling
+                        "cudnn_conv_algo_search": "HEURISTIC",  # no exhaustive search's big trial workspaces
+                    },
+                }
             },
         }
 
