@@ -279,7 +279,8 @@ def run(work: Path | None = None) -> None:
         config = paddlex_config_for(stack.store, served)
         with paddlex_server(config, work / "paddlex") as (paddlex_url, paddlex_pid):
             gateway_pids = _pids_matching(stack, "gateway\0serve")
-            vllm_pids = _pids_matching(stack, "vllm")
+            # vLLM's API server and its EngineCore (renamed "VLLM::EngineCore"): the rest of the session
+            vllm_pids = [p for p in stack.session_pids() if p not in gateway_pids]
             urls = {SIDES[0]: paddlex_url, SIDES[1]: gateway, SIDES[2]: gateway}
             owners = {SIDES[0]: [paddlex_pid], SIDES[1]: gateway_pids, SIDES[2]: gateway_pids}
             warm = make_pages(len(SIZES))
