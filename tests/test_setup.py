@@ -42,7 +42,12 @@ def test_both_commands_start_with_the_system_tools() -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}}
     for target in ("offline-image", "test"):
         plan = subprocess.run(
-            ["make", "-n", "-W", "pyproject.toml", target], cwd=REPO, env=env, capture_output=True, text=True, check=True
+            ["make", "-n", "-W", "pyproject.toml", target],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.splitlines()
         assert plan and plan[0] == "bash build/system-deps.sh", (target, plan[:3])
 
