@@ -115,7 +115,7 @@ def paddlex_config_for(store: Path, served: Served) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def paddlex_server(config: dict[str, Any], work: Path, timeout: float = 300.0):  # type: ignore[no-untyped-def]
+def paddlex_server(config: dict[str, Any], work: Path, timeout: float = 600.0):  # type: ignore[no-untyped-def]
     """`python -m paddlex --serve` on a free loopback port until the block ends; yields (url, pid)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "paddlex-pipeline.yaml"
