@@ -9,6 +9,7 @@ to /readyz 200 again. Also the bytes each model's cache layer adds. Target: warm
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -23,7 +24,7 @@ from appliance.manifest import Catalog
 from appliance.runtime.served import served_models
 from appliance.testing.stack import CHECKOUT
 
-REF = "localhost/ocr-appliance:tiny-cpu"
+REF = os.environ.get("WARM_BENCH_IMAGE", "localhost/ocr-appliance:tiny-cpu")  # a warmed image
 ROUNDS = 3
 TIMEOUT = 900.0
 
