@@ -177,7 +177,10 @@ class ImageBoot:
         while time.monotonic() - started < timeout:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProofError(f"the appliance exited {self.proc.returncode}:\n{self.log_tail()}")
-            answer = self.request("/readyz", timeout=5)
+            try:
+                answer = self.request("/readyz", timeout=5)
+            except subprocess.TimeoutExpired:  # an overloaded host: not an answer yet, ask again
+                continue
             body = answer["body"] if isinstance(answer["body"], dict) else {}
             if answer["status"] == 200 and not body.get("degraded"):  # optional engines too
                 return time.monotonic() - started
