@@ -7,7 +7,7 @@ APPLIANCE := $(VENV)/bin/appliance
 export APPLIANCE_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help system-deps setup offline-image store verify ci-base image save proof test test-fast lint bench clean
+.PHONY: help system-deps setup offline-image store verify ci-base image warm save proof test test-fast lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ endif
 image: $(VENV)/.installed ## build PROFILE's image from ./store (one layer per model; buildah, or docker if a daemon answers)
 	$(APPLIANCE) image build --profile $(PROFILE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
+# WARM=0 skips it: the image then ships cold (every start compiles).
+WARM ?= 1
+warm: $(VENV)/.installed ## boot PROFILE's image once offline and bake each model's compile cache into it (one layer per model; WARM=0 skips)
+ifeq ($(WARM),0)
+	@echo "WARM=0: the image ships cold (every start compiles its models' graphs)"
+else
+	$(APPLIANCE) image warm --profile $(PROFILE)
+endif
+
 # The signing key: an operator's real one (SIGNING_KEY=/secure/appliance.key, see README; never made
 # here, so a typo fails), else a throw-away key made once under work/keys/ (CI) — never for a site.
 THROWAWAY_KEY := work/keys/throwaway.key
@@ -63,9 +72,9 @@ proof: $(VENV)/.installed ## boot PROFILE's image with no network, read a page w
 # The main job. The air-gap proof boots the image here, so it runs for the CPU profile; a GPU
 # profile's proof (`make proof PROFILE=…`) belongs on a host with its GPU.
 ifeq ($(PROFILE),tiny-cpu)
-offline-image: setup store verify image save proof ## the main job: models → verified store → image → dist/ bundle → offline boot → OCR answers
+offline-image: setup store verify image warm save proof ## the main job: models → verified store → image → dist/ bundle → offline boot → OCR answers
 else
-offline-image: setup store verify image save
+offline-image: setup store verify image warm save
 endif
 
 test: setup lint ## every test, integration tests with real parts included

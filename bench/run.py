@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import delta_bench, gateway_bench, image_bench, layout_bench, runtime_bench, store
+from bench import delta_bench, gateway_bench, image_bench, layout_bench, runtime_bench, store, warm_bench
 
 BENCHES = {
     "verify": store.bench_verify,
@@ -20,6 +20,7 @@ BENCHES = {
     "layout": layout_bench.run,
     "image": image_bench.run,
     "delta": delta_bench.run,
+    "warm": warm_bench.run,
 }
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.image.proof import vllm_cache_lines
 from appliance.runtime import phases
+from appliance.runtime.compile_cache import WARM_JSON, write_warm_json
 from appliance.runtime.fatal import read_fatal
 from appliance.runtime.served import served_models
 from appliance.testing.stack import Stack, StackError
@@ -68,9 +70,27 @@ def test_essential_model_that_cannot_start_stops_the_appliance(tmp_path: Path) -
 # --- one running stack, offline ----------------------------------------------------------------------
 
 
+def _bake_unusable_caches(stack: Stack) -> dict[str, str]:
+    """Baked compile caches no start may use: the first model's was made with another torch, the
+    last one's warm.json is damaged; the middle one has none (its kill -9 restart finds its own)."""
+    served = served_models(stack.catalog, stack.profile)
+    mismatched, damaged = served[0].name, served[-1].name
+    for name in (mismatched, damaged):
+        (stack.work / "warm" / name / "cache" / "vllm").mkdir(parents=True)
+        (stack.work / "warm" / name / "cache" / "vllm" / "graph").write_bytes(b"compiled elsewhere")
+    key = {"vllm": "0.32.0", "torch": "0.0.0-elsewhere", "device": {"kind": "cpu"}, "lock_digest": "", "serve": []}
+    write_warm_json(stack.work / "warm" / mismatched, key)
+    (stack.work / "warm" / damaged / WARM_JSON).write_text('{"key": {"torch": "2.13')
+    return {mismatched: "the baked cache does not match this host: torch 0.0.0-elsewhere", damaged: "unreadable"}
+
+
+UNUSABLE: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("stack"), netns=True)
+    UNUSABLE.update(_bake_unusable_caches(stack))
     stack.start()
     try:
         READY["at"] = stack.wait_all_ready(STARTUP_TIMEOUT)
@@ -98,6 +118,18 @@ def test_offline_namespace_reaches_ready(stack: Stack) -> None:
     }
     assert stack.http_get(stack.profile.gateway_port, "/livez")[0] == 200
     print(f"all ready {READY['at'] - (stack.started_at or 0):.1f} s after boot")
+
+
+def test_unusable_baked_caches_start_cold_and_say_why(stack: Stack) -> None:
+    """A mismatched and a damaged baked compile cache: those models start cold, the phase detail and
+    the log say why, and the appliance reached ready all the same (the fixture waited for it)."""
+    log = stack.log_path.read_text(errors="replace")
+    for model, why in UNUSABLE.items():
+        loading = next(r for r in _history(stack) if r.model == model and r.phase == "loading")
+        assert "compile cache: cold (" in loading.detail and why in loading.detail, loading.detail
+        assert f"[launch {model}] compile cache: cold (" in log
+        assert not vllm_cache_lines(log, f"compile-cache/{model}/")
+    assert stack.gateway("/readyz")[0] == 200
 
 
 def test_models_become_ready_in_order(stack: Stack) -> None:
@@ -184,4 +216,10 @@ def test_killed_server_is_restarted_and_readiness_recovers(stack: Stack) -> None
     assert new.pid != old
     restarts = [r for r in _history(stack) if r.model == victim.name and r.phase == "verifying"]
     assert len(restarts) == 2
+    # The restart found the compile cache its first start wrote, and vLLM says it loaded from it.
+    loads = [r for r in _history(stack) if r.model == victim.name and r.phase == "loading"]
+    assert "compile cache: cold (the image carries no compile cache" in loads[0].detail
+    assert "compile cache: warm (kept from an earlier start" in loads[-1].detail, loads[-1].detail
+    log = stack.log_path.read_text(errors="replace")
+    assert vllm_cache_lines(log, f"compile-cache/{victim.name}/"), "vLLM found nothing in the restart's compile cache"
     print(f"{victim.name} ready again {recovered - killed:.1f} s after kill -9")

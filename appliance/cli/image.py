@@ -128,6 +128,8 @@ def proof(
     out.print(table)
     out.print(f"ready after {result.seconds_to_ready:.0f} s with no network")
     out.print(f"inet syscalls traced: {result.inet_syscalls}; non-loopback attempts: {len(result.attempts)}")
+    for model, use in result.caches.items():
+        out.print(f"  {model}: {use.launcher}; vLLM: {use.loads[0] if use.loads else 'no load from the cache'}")
     for attempt in result.attempts[:20]:
         out.print(f"  [red]{attempt.line}[/]")
     if not result.ok:
@@ -271,6 +273,50 @@ def build(
 
 
 @app.command()
+def warm(
+    profile: ProfileOpt = constants.DEFAULT_PROFILE,
+    tag: Annotated[
+        str | None, typer.Option(help="Image reference (default localhost/ocr-appliance:<profile>).")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Kept between runs: each model's baked cache (reused while its key holds).")
+    ] = Path("work/warm"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 1200,
+    manifests: ManifestsOpt = None,
+) -> None:
+    """Bake each model's compile cache into the image: boot it once offline on this host's device
+    until every model is ready, read a page per engine, and add what each model's start compiled
+    as one layer per model (the cold image stays as <tag>-cold). The launcher uses a cache only when
+    its key (vLLM, torch, CPU ISA or GPU + driver, lock digest, serve flags) matches the host it runs
+    on; otherwise the model starts cold and says why. A GPU profile warms only on a host with its GPU.
+
+    Example:
+
+      appliance image warm --profile tiny-cpu
+    """
+    from appliance.image.tools import pick_builder
+    from appliance.image.warm import warm as warm_image
+
+    catalog = Catalog(manifests)
+    if pick_builder("auto") == "docker":
+        out.print("[yellow]the image ships cold[/]: warming reads the image from buildah's storage, and a Docker "
+                  "daemon answers here (its images are not there); warm on a buildah build host")  # fmt: skip
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = warm_image(catalog, catalog.profile(profile), workdir.resolve(), ref=tag, timeout=timeout)
+    if result.shipped_cold:
+        out.print(f"[yellow]the image ships cold[/]: {result.shipped_cold}")
+        return
+    out.print(f"{result.ref}: warmed (cold image kept as {result.cold_ref}); cold boot to ready "
+              f"{result.seconds_to_ready:.0f} s")  # fmt: skip
+    for model, info in result.models.items():
+        layer = result.layers[model]
+        how = "kept (same key)" if info["reused"] else "new"
+        out.print(f"  {model}: cache layer {layer.diff_id[:19]} {how}, {info['files']} files, "
+                  f"{human_bytes(info['bytes'])}")  # fmt: skip
+
+
+@app.command()
 def preflight(
     profile: ProfileOpt = constants.DEFAULT_PROFILE,
     manifests: ManifestsOpt = None,
@@ -367,7 +413,8 @@ def save(
         return
     out.print(f"{result.archive}: {human_bytes(data['archive']['size'])}, sha256 {data['archive']['sha256']}")
     for model, info in data["models"].items():
-        out.print(f"  {model}: layer {info['layer'][:19]} (lock {info['lock_digest'][:19]})")
+        cache = f", compile cache {info['cache_layer'][:19]}" if "cache_layer" in info else ""
+        out.print(f"  {model}: layer {info['layer'][:19]} (lock {info['lock_digest'][:19]}){cache}")
     need = data["disk"]["load_free_bytes"]
     out.print(f"  docker load needs about {human_bytes(need)} free; {time.monotonic() - started:.0f}s")
 

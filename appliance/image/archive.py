@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from appliance.image.layout import MODELS_LABEL, TINI
+from appliance.image.layout import MODELS_LABEL, TINI, WARM_LABEL
 
 CHUNK = 1 << 20
 _JSON_LIMIT = 16 << 20
@@ -132,7 +132,7 @@ class Layer:
     index: int
     diff_id: str
     created_by: str
-    role: str  # base | setup | model | deps | code | other
+    role: str  # base | setup | model | deps | code | cache (a model's compile cache) | other
     model: str | None = None
     size: int | None = None  # uncompressed bytes (from an archive)
 
@@ -153,14 +153,23 @@ def models_of(config: dict[str, Any]) -> list[str]:
     return [m for m in labels_of(config).get(MODELS_LABEL, "").split(",") if m]
 
 
-def layers_of(diff_ids: list[str], history: list[dict[str, Any]], models: list[str]) -> list[Layer]:
+def warm_of(config: dict[str, Any]) -> list[str]:
+    """The models whose compile-cache layers `appliance image warm` added, in layer order."""
+    return [m for m in labels_of(config).get(WARM_LABEL, "").split(",") if m]
+
+
+def layers_of(
+    diff_ids: list[str], history: list[dict[str, Any]], models: list[str], warm: list[str] | None = None
+) -> list[Layer]:
     """Name each layer's role in Dockerfile.offline, whose last layers are always: tini, the user
-    (setup), one per model in label order, deps, code; all before them come from the base. When
-    the history is there (buildah, a saved archive) it must agree: the first setup layer is tini's."""
+    (setup), one per model in label order, deps, code — then, in a warmed image, one compile-cache
+    layer per model of `warm`; all before them come from the base. When the history is there
+    (buildah, a saved archive) it must agree: the first setup layer is tini's."""
+    warm = warm or []
     made = [h.get("created_by", "") for h in history if not h.get("empty_layer")]
     if len(made) != len(diff_ids):  # `docker image inspect` has no history; squashed images
         made = [""] * len(diff_ids)
-    first_ours = len(diff_ids) - 4 - len(models)
+    first_ours = len(diff_ids) - 4 - len(models) - len(warm)
     roles: list[tuple[str, str | None]] = [("other", None)] * len(diff_ids)
     if models and first_ours >= 0 and (not any(made) or str(TINI) in made[first_ours]):
         roles = (
@@ -168,6 +177,7 @@ def layers_of(diff_ids: list[str], history: list[dict[str, Any]], models: list[s
             + [("setup", None)] * 2
             + [("model", m) for m in models]
             + [("deps", None), ("code", None)]
+            + [("cache", m) for m in warm]
         )
     return [
         Layer(index, diff_id, created_by.strip(), role, model)
@@ -176,7 +186,12 @@ def layers_of(diff_ids: list[str], history: list[dict[str, Any]], models: list[s
 
 
 def model_layers(layers: list[Layer]) -> dict[str, Layer]:
-    return {layer.model: layer for layer in layers if layer.model}
+    return {layer.model: layer for layer in layers if layer.model and layer.role == "model"}
+
+
+def cache_layers(layers: list[Layer]) -> dict[str, Layer]:
+    """Each warmed model's compile-cache layer."""
+    return {layer.model: layer for layer in layers if layer.model and layer.role == "cache"}
 
 
 # --- reading files out of the image's layers -------------------------------------------------------

@@ -29,7 +29,7 @@ from appliance.errors import ImageError
 from appliance.image import context, dockerfile
 from appliance.image.archive import Layer, layers_of, model_layers
 from appliance.image.bases import CI_BASE_IMAGE, BaseImage, base_image
-from appliance.image.layout import BUILDER_LABEL, MODELS_LABEL, REPRODUCIBLE_LABEL
+from appliance.image.layout import BUILDER_LABEL, MODELS_LABEL, REPRODUCIBLE_LABEL, WARM_LABEL
 from appliance.image.tools import docker_buildx, image_exists, pick_builder, run, warn
 from appliance.manifest import Catalog
 
@@ -111,7 +111,8 @@ def inspect_layers(ref: str, builder: str = "buildah") -> tuple[str, list[Layer]
     image_id = data["Id"] if data["Id"].startswith("sha256:") else "sha256:" + data["Id"]
     labels = data.get("Labels") or data.get("Config", {}).get("Labels") or {}
     models = [m for m in labels.get(MODELS_LABEL, "").split(",") if m]
-    return image_id, layers_of(diff_ids, history, models)
+    warm = [m for m in labels.get(WARM_LABEL, "").split(",") if m]
+    return image_id, layers_of(diff_ids, history, models, warm)
 
 
 @dataclass

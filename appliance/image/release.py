@@ -60,7 +60,8 @@ def statement(bundle: dict[str, Any], files: dict[str, str], stamp: int) -> dict
         "archive": {k: bundle["archive"][k] for k in ("file", "size", "sha256")},
         "layers": [{"diff_id": la["diff_id"], "size": la["size"]} for la in bundle["layers"]],
         "models": {
-            name: {k: info[k] for k in ("layer", "lock_digest", "commit")} for name, info in bundle["models"].items()
+            name: {k: info[k] for k in ("layer", "lock_digest", "commit", "cache_layer") if k in info}
+            for name, info in bundle["models"].items()
         },
         "files": files,
     }

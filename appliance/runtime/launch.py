@@ -26,6 +26,7 @@ from typing import NoReturn
 from appliance.errors import ApplianceError, LockError, UnknownNameError
 from appliance.manifest import Catalog, Profile
 from appliance.runtime import phases
+from appliance.runtime.compile_cache import CacheDecision, host_key, prepare_cache
 from appliance.runtime.served import Served, served_models
 from appliance.store.lock import read_lock
 from appliance.store.verify import verify_deep, verify_fast
@@ -256,9 +257,20 @@ def prepare(
     return me, why
 
 
+def compile_cache(model: str, command: list[str], catalog: Catalog, profile: Profile) -> CacheDecision:
+    """Seed the model's writable compile cache from the image's baked copy when its key matches this
+    host; the decision's env points vLLM at that dir. Never fails the start (compile_cache.py)."""
+    lock = read_lock(catalog.lock_path(model))  # prepare() proved it readable
+    key = host_key(command, lock.digest if lock else "", profile.target.device)
+    return prepare_cache(model, key)
+
+
 def launch(model: str, command: list[str], catalog: Catalog, profile: Profile, run_dir: Path | None = None) -> NoReturn:
     me, why = prepare(model, command, catalog, profile, run_dir)
-    detail = f"vLLM starting; its turn because {why}"
+    cache = compile_cache(model, command, catalog, profile)
+    log(model, cache.detail)
+    os.environ.update(cache.env)
+    detail = f"vLLM starting; its turn because {why}; {cache.detail}"
     phases.write_phase(model, "loading", port=me.port, pid=os.getpid(), run_dir=run_dir, detail=detail)
     log(model, f"loading: exec {shlex.join(command)}")
     sys.stdout.flush()

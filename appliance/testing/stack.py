@@ -145,6 +145,9 @@ class Stack:
             "APPLIANCE_GATEWAY_HOST": "127.0.0.1",
             "HF_HOME": str(self.work / "hf"),
             "VLLM_CACHE_ROOT": str(self.work / "vllm-cache"),
+            # Each model's writable compile cache, and where baked ones would be (none unless a test puts some).
+            "APPLIANCE_COMPILE_CACHE": str(self.work / "compile-cache"),
+            "APPLIANCE_WARM_DIR": str(self.work / "warm"),
         }
         return env | self.extra_env
 
