@@ -57,3 +57,35 @@ def test_the_proof_reads_a_page_with_layout_on(
     assert result.answers["paddleocr-vl layout"]["regions"] == regions
     # one region back means the layout model did not run: the proof fails and says so
     assert result.ok is ok and result.failed() == ([] if ok else ["paddleocr-vl layout"])
+
+
+def test_boot_exit_ends_processes_in_their_own_process_group(tmp_path: Path) -> None:
+    """tini puts the appliance in a process group of its own, and chroot isolation has no PID namespace:
+    killing the boot's group alone left supervisord and three vLLM servers running after every proof."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    spawn = (
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '300'], process_group=0)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    boot = proof.ImageBoot("unused", tmp_path, Catalog(REPO / "manifests").profile("tiny-cpu"))
+    boot.proc = subprocess.Popen([sys.executable, "-c", spawn], stdout=subprocess.PIPE, start_new_session=True)
+    assert boot.proc.stdout is not None
+    orphan = int(boot.proc.stdout.readline())
+    assert os.getpgid(orphan) != os.getpgid(boot.proc.pid)  # the shape that leaked
+    boot.__exit__(None, None, None)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie waiting for whoever reaps orphans here
+            if Path(f"/proc/{orphan}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"process {orphan} of the boot's session outlived the boot")

@@ -148,17 +148,47 @@ class ImageBoot:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
+        if self.proc is not None:
+            if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(30)
+            self._end_session()
         if self.container:
             subprocess.run(["buildah", "rm", self.container], capture_output=True)
+
+    def _session(self) -> list[int]:
+        """Every process still in the boot's session (the Popen child leads it)."""
+        assert self.proc is not None
+        left = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if os.getsid(int(entry.name)) == self.proc.pid:
+                        left.append(int(entry.name))
+        return left
+
+    def _end_session(self, grace: float = 30.0) -> None:
+        """`buildah run --isolation chroot` has no PID namespace, and tini puts the appliance in a process
+        group of its own: killing buildah's group leaves supervisord and the vLLM servers running, orphaned
+        (gigabytes each, for the rest of the host's life). End whatever is left of the session: TERM,
+        then KILL after `grace` seconds."""
+        deadline = time.monotonic() + grace
+        signum = signal.SIGTERM
+        while left := self._session():
+            if time.monotonic() > deadline:
+                signum = signal.SIGKILL
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            time.sleep(0.5)
+            if signum == signal.SIGKILL and time.monotonic() > deadline + 10:
+                break  # a process stuck in the kernel (D state): nothing more to do from here
 
     def request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> dict[str, Any]:
         """HTTP to the gateway from inside the namespace (a child entering it with nsenter)."""
