@@ -163,13 +163,16 @@ class ImageBoot:
             subprocess.run(["buildah", "rm", self.container], capture_output=True)
 
     def _session(self) -> list[int]:
-        """Every process still in the boot's session (the Popen child leads it)."""
+        """Every live process still in the boot's session (the Popen child leads it); zombies are
+        dead already, whoever reaps orphans on this host will."""
         assert self.proc is not None
         left = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if os.getsid(int(entry.name)) == self.proc.pid:
+                with contextlib.suppress(OSError, IndexError):
+                    if os.getsid(int(entry.name)) != self.proc.pid:
+                        continue
+                    if (entry / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
                         left.append(int(entry.name))
         return left
 
