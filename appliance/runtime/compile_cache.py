@@ -18,7 +18,6 @@ the phase detail. Nothing here raises: a cache can only make a start faster.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -27,6 +26,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from appliance.store.hashing import sha256_file
 
 WARM_ROOT = PurePosixPath("/opt/appliance/warm")  # read-only, in the image's cache layers
 WARM_JSON = "warm.json"
@@ -148,16 +149,8 @@ def file_table(cache: Path) -> dict[str, dict[str, Any]]:
     """Every regular file under `cache`: relative path → size and sha256."""
     table = {}
     for path in sorted(p for p in cache.rglob("*") if p.is_file() and not p.is_symlink()):
-        table[path.relative_to(cache).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        table[path.relative_to(cache).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return table
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_warm_json(baked: Path, key: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +180,7 @@ def check_baked(baked: Path, host: dict[str, Any]) -> tuple[dict[str, Any] | Non
     for name, record in sorted(files.items()):
         file = cache / name
         try:
-            if not file.is_file() or file.stat().st_size != record["size"] or _sha256(file) != record["sha256"]:
+            if not file.is_file() or file.stat().st_size != record["size"] or sha256_file(file) != record["sha256"]:
                 return None, f"the baked cache is damaged: {name} differs from {WARM_JSON}"
         except (OSError, KeyError, TypeError) as exc:
             return None, f"the baked cache is damaged: {name} ({exc})"
