@@ -163,15 +163,22 @@ def test_no_baked_cache_and_unusable_writable_dir_never_raise(tmp_path: Path) ->
     assert not {"VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"} & set(decision.env)  # vLLM's own defaults
 
 
-def test_engine_switches_follow_the_device_and_yield_to_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_switches_follow_the_device_and_yield_to_the_operator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("TORCH_LOGS", "VLLM_USE_AOT_COMPILE"):
         monkeypatch.delenv(name, raising=False)
     gpu = HOST | {"device": {"kind": "cuda", "name": "NVIDIA L4", "compute_capability": "8.9", "driver": "580"}}
-    assert cc.engine_env(gpu) == {"TORCH_LOGS": cc.TORCH_LOGS}  # vLLM's AOT path loads on a GPU
-    assert cc.engine_env(HOST)["VLLM_USE_AOT_COMPILE"] == "0"
+    assert (
+        cc.prepare_cache("m", gpu, baked_root=tmp_path / "none", writable_root=tmp_path / "rw").env["TORCH_LOGS"]
+        == cc.TORCH_LOGS
+    )
+    assert cc.engine_env("cuda") == {"TORCH_LOGS": cc.TORCH_LOGS}  # vLLM's AOT path loads on a GPU
+    assert "VLLM_USE_AOT_COMPILE" not in cc.prepare_cache("m", gpu, baked_root=tmp_path, writable_root=tmp_path).env
+    assert cc.engine_env("cpu")["VLLM_USE_AOT_COMPILE"] == "0"
     monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
     monkeypatch.setenv("TORCH_LOGS", "+dynamo")
-    assert cc.engine_env(HOST) == {}
+    assert cc.engine_env("cpu") == {}
 
 
 # --- baking (the warm step) ------------------------------------------------------------------------------

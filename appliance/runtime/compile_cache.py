@@ -214,13 +214,17 @@ def _read_key(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def engine_env(host: dict[str, Any]) -> dict[str, str]:
-    """The switches that make vLLM's start on this device load what a cache holds and log it; a value
-    the operator set in the environment wins."""
+def engine_env(device_kind: str | None) -> dict[str, str]:
+    """The switches that make vLLM's start on this kind of device ("cpu", "cuda") load what a cache
+    holds and log it; a value the operator set in the environment wins."""
     env = {"TORCH_LOGS": TORCH_LOGS}
-    if (host.get("device") or {}).get("kind") == "cpu":
+    if device_kind == "cpu":
         env |= CPU_ENGINE_ENV
     return {name: value for name, value in env.items() if name not in os.environ}
+
+
+def _kind(host: dict[str, Any]) -> str | None:
+    return (host.get("device") or {}).get("kind")
 
 
 def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None = None,
@@ -229,7 +233,7 @@ def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None =
     any trouble means a cold start (or, if even the writable dir fails, vLLM's own defaults)."""
     baked = (baked_root or warm_root()) / model
     writable = (writable_root or compile_dir()) / model
-    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()} | engine_env(host)
+    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()} | engine_env(_kind(host))
     try:
         if _read_key(writable / KEY_JSON) == host and any(writable.glob("*/*")):
             return CacheDecision(True, f"compile cache: warm (kept from an earlier start, {writable})", env)
@@ -247,4 +251,5 @@ def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None =
         (writable / KEY_JSON).write_text(json.dumps(host, sort_keys=True) + "\n")
         return CacheDecision(data is not None, detail, env)
     except OSError as exc:
-        return CacheDecision(False, f"compile cache: cold (writable dir {writable} unusable: {exc})", engine_env(host))
+        detail = f"compile cache: cold (writable dir {writable} unusable: {exc})"
+        return CacheDecision(False, detail, engine_env(_kind(host)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import constants
+from appliance.runtime.compile_cache import engine_env
 
 # The appliance's own offline switches, and a small CPU KV cache (tiny models, shared 2-core hosts).
 OFFLINE = constants.OFFLINE_ENV | {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -56,6 +57,9 @@ def vllm_server(
 ) -> Iterator[VllmServer]:
     """Run `command` (an api_server listening on `port`) until the block ends; raises ServerError
     if it exits or stays unhealthy for `timeout` seconds."""
+    # As the launcher starts vLLM on CPU: inductor's own caches (shared by every start of the same
+    # graph in this session), their hit/miss lines in the log.
+    env = engine_env("cpu") | dict(os.environ if env is None else env)
     with log.open("wb") as out:
         proc = subprocess.Popen(list(command), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
