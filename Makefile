@@ -77,8 +77,10 @@ else
 offline-image: setup store verify image warm save
 endif
 
-test: setup lint ## every test, integration tests with real parts included
-	$(VENV)/bin/python -m pytest --durations=25
+# Two workers: the image/Docker tests mostly wait on disk while the vLLM ones compute.
+TEST_WORKERS ?= 2
+test: setup lint ## every test, integration tests with real parts included (TEST_WORKERS=2 in parallel)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: $(VENV)/.installed ## unit tests only
 	$(VENV)/bin/python -m pytest -m "not slow"

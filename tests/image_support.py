@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
 from appliance.image.bases import CI_BASE_IMAGE
+from appliance.image.bundle import archive_name
+from appliance.image.dockerfile import image_ref
+from appliance.image.tools import image_exists
 from appliance.manifest import Catalog
 from appliance.store.fetch import FetchOptions, fetch_model
-from tests.conftest import ManifestDir, make_files
+from tests.conftest import REPO, ManifestDir, make_files
 
 MODEL = """
 engine: paddle-layout
@@ -156,3 +161,18 @@ def storage_conf(root: Path) -> Path:
     conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n')
     os.chmod(conf, 0o644)
     return conf
+
+
+def main_job_dist(profile: str = "tiny-cpu") -> Path:
+    """The dist/ bundle `make offline-image` saved (the README runs it before the tests) and the warmed
+    image it came from, still in the container storage; made here — once, under a lock, as the tests
+    run on two workers — when either is missing."""
+    dist = REPO / "dist"
+    lock = REPO / "work" / "main-job.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not (dist / archive_name(profile)).is_file() or not image_exists(image_ref(profile)):
+            steps = ["store", "verify", "image", "warm", "save"]
+            subprocess.run(["make", "-C", str(REPO), *steps, f"PROFILE={profile}"], check=True)
+    return dist

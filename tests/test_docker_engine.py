@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.image.bundle import archive_name
 from appliance.manifest import Catalog
 from appliance.runtime.served import served_models
 from tests.conftest import REPO
 from tests.docker_support import Dockerd, in_netns, private_dockerd
+from tests.image_support import main_job_dist
 
 pytestmark = pytest.mark.slow
 PROFILE = "tiny-cpu"
@@ -41,10 +41,7 @@ BUILD_HOST = ("appliance fetch", "make offline-image")  # done by `make offline-
 @pytest.fixture(scope="module")
 def dist() -> Path:
     """The bundle `make offline-image` saved (the README runs it first); made here if missing."""
-    dist = REPO / "dist"
-    if not (dist / archive_name(PROFILE)).is_file():
-        subprocess.run(["make", "-C", str(REPO), "store", "verify", "image", "save", f"PROFILE={PROFILE}"], check=True)
-    return dist
+    return main_job_dist(PROFILE)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ storage at the end.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,12 +22,14 @@ import pytest
 
 from appliance.errors import BundleError
 from appliance.image import bundle as bundle_mod
+from appliance.image.archive import model_layers
 from appliance.image.bases import CI_BASE_IMAGE
 from appliance.image.builder import BuildResult, build, inspect_layers, make_ci_base
+from appliance.image.dockerfile import image_ref
 from appliance.image.tools import PODMAN_RUN
 from appliance.manifest import Catalog
 from tests.conftest import REPO, ManifestDir
-from tests.image_support import flip_byte, random_files, refetch, small_models, storage_conf
+from tests.image_support import flip_byte, main_job_dist, random_files, refetch, small_models, storage_conf
 
 pytestmark = pytest.mark.slow
 
@@ -63,18 +66,6 @@ def ci_base(containers: Path) -> str:
     return CI_BASE_IMAGE
 
 
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny-cpu models fetched through the local hub mirror, as `make store` does."""
-    store = tmp_path_factory.mktemp("tiny-store")
-    appliance = [sys.executable, "-m", "appliance"]
-    env = os.environ | {"APPLIANCE_STORE": str(store), "HF_HOME": str(store.parent / "hf")}
-    env["MODELSCOPE_CACHE"] = str(store.parent / "ms")
-    cmd = [*appliance, "testing", "tiny-hub", "--", *appliance, "fetch", "--profile", "tiny-cpu", "--frozen"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
-    return store
-
-
 def _rmi(*refs: str) -> None:
     subprocess.run(["podman", "rmi", "--force", "--ignore", *refs], capture_output=True, check=False)
 
@@ -83,41 +74,41 @@ def _diff_ids(result: BuildResult) -> list[str]:
     return [layer.diff_id for layer in result.layers]
 
 
-# --- the tiny-cpu image: build, save, verify, load, run ----------------------------------------------
+# --- the tiny-cpu image: saved again, verified, loaded on an empty host, run ----------------------------
 
 
-def test_tiny_cpu_image_build_save_load_run(ci_base: str, tiny_store: Path, tmp_path: Path) -> None:
+def test_tiny_cpu_image_saves_the_same_bytes_loads_and_runs(containers: Path, tmp_path: Path) -> None:
+    """The main job's warmed image (built, warmed and saved by `make offline-image`; made here if
+    missing): saved again it is the bundle's archive byte for byte, a flipped byte is refused, and
+    loaded into an empty storage (the isolated host) it runs and passes the air-gap proof, each
+    model starting from its baked compile cache."""
+    dist = main_job_dist("tiny-cpu")
     catalog = Catalog(REPO / "manifests")
-    ref = "localhost/ocr-appliance:tiny-cpu"
-    try:
-        result = build(catalog, "tiny-cpu", tiny_store, workdir=tmp_path / "ctx", quiet=True)
-        roles = [layer.role for layer in result.layers]
-        assert roles[-6:] == ["setup", "setup", "model", "model", "model", "deps", "code"][-6:]
-        assert list(result.models) == ["tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"]
-        assert all(s.linked > 0 for s in result.staged), "same filesystem: hard links, no copies"
+    ref = image_ref("tiny-cpu")
+    shipped = json.loads((dist / "bundle.json").read_text())
+    _image_id, layers = inspect_layers(ref)
+    models = ["tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"]
+    assert [(la.role, la.model) for la in layers][-9:] == [
+        *(("model", m) for m in models), ("deps", None), ("code", None), *(("cache", m) for m in models)
+    ]  # fmt: skip
 
-        saved = bundle_mod.save(catalog, "tiny-cpu", tmp_path / "dist")
-        again = bundle_mod.save(catalog, "tiny-cpu", tmp_path / "dist2")
-        assert saved.bundle["archive"]["sha256"] == again.bundle["archive"]["sha256"], "podman save is reproducible"
-        assert (tmp_path / "dist/SHA256SUMS").read_bytes() == (tmp_path / "dist2/SHA256SUMS").read_bytes()
-        shutil.rmtree(tmp_path / "dist2")
-        for model, info in saved.bundle["models"].items():
-            assert info["layer"] == result.models[model].diff_id
-        report = bundle_mod.verify(tmp_path / "dist")
-        assert report.size == saved.archive.stat().st_size
+    saved = bundle_mod.save(catalog, "tiny-cpu", tmp_path / "dist")
+    assert saved.bundle["archive"]["sha256"] == shipped["archive"]["sha256"], "podman save is reproducible"
+    for model, info in saved.bundle["models"].items():
+        assert info["layer"] == model_layers(layers)[model].diff_id == shipped["models"][model]["layer"]
+    report = bundle_mod.verify(tmp_path / "dist")
+    assert report.size == saved.archive.stat().st_size
 
-        # A flipped byte inside a model layer of the real archive is refused, naming the file.
-        with tarfile.open(saved.archive) as tar:
-            member = tar.getmember(result.models["tiny-dots-ocr"].diff_id.removeprefix("sha256:") + ".tar")
-            offset = member.offset_data + member.size // 2
-        flip_byte(saved.archive, offset)
-        with pytest.raises(BundleError, match=r"ocr-appliance-tiny-cpu\.tar"):
-            bundle_mod.verify(saved.archive)
-        flip_byte(saved.archive, offset)
+    # A flipped byte inside a model layer of the real archive is refused, naming the file.
+    with tarfile.open(saved.archive) as tar:
+        member = tar.getmember(model_layers(layers)["tiny-dots-ocr"].diff_id.removeprefix("sha256:") + ".tar")
+        offset = member.offset_data + member.size // 2
+    flip_byte(saved.archive, offset)
+    with pytest.raises(BundleError, match=r"ocr-appliance-tiny-cpu\.tar"):
+        bundle_mod.verify(saved.archive)
+    flip_byte(saved.archive, offset)
 
-        _load_and_run(saved.archive, ref, tmp_path / "isolated-host")
-    finally:
-        _rmi(ref)
+    _load_and_run(saved.archive, ref, tmp_path / "isolated-host")
 
 
 def _load_and_run(archive: Path, ref: str, host: Path) -> None:
@@ -192,6 +183,7 @@ def test_layer_digests_reproducible_and_one_model_one_layer(
     try:
         first = make(refs[0])
         # Rebuilt from scratch, with copies (mtime 0) instead of hard links (the store's mtimes):
+        assert all(s.linked > 0 for s in first.staged), "same filesystem: the store's files are hard-linked"
         again = make(refs[1], no_cache=True, link=False)
         assert _diff_ids(again) == _diff_ids(first), "same locks and code: every layer identical"
         assert all(s.linked == 0 for s in again.staged)
