@@ -18,7 +18,7 @@ from pathlib import Path
 from appliance.image.archive import cache_layers
 from appliance.image.builder import inspect_layers
 from appliance.image.layout import VENV
-from appliance.image.proof import ImageBoot
+from appliance.image.proof import ImageBoot, cache_report
 from appliance.image.warm import cold_ref, image_warm_models
 from appliance.manifest import Catalog
 from appliance.runtime.served import served_models
@@ -89,8 +89,10 @@ def run(work: Path) -> None:
         for kind, ref in (("cold", cold_ref(REF)), ("warm", REF)):
             with ImageBoot(ref, work / f"{kind}-{index}", profile, trace=False) as boot:
                 seconds = boot.wait_ready(TIMEOUT, poll=0.5)
+                uses = cache_report(boot.log.read_text(errors="replace"), warmed)
             times[kind].append(seconds)
-            print(f"  round {index + 1} {kind}: ready after {seconds:.1f} s", flush=True)
+            graphs = ", ".join(f"{m}: {len(u.loads)} loaded/{len(u.compiles)} compiled" for m, u in uses.items())
+            print(f"  round {index + 1} {kind}: ready after {seconds:.1f} s ({graphs})", flush=True)
     model = served_models(catalog, profile)[-1].name
     with ImageBoot(REF, work / "restart", profile, trace=False) as boot:
         boot.wait_ready(TIMEOUT, poll=0.5)
