@@ -161,6 +161,10 @@ def _air_gap_proof(ref: str, env: dict[str, str], work: Path) -> None:
         "image",
         "text",
     ]
+    # Saved, loaded on an empty host: each model still starts from its baked cache (torch's own lines).
+    assert set(result.caches) == {"tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"}
+    for model, use in result.caches.items():
+        assert use.hit, (model, use)
     assert result.inet_syscalls > 0  # the witness saw the loopback traffic it must see
     assert result.attempts == [], "\n".join(a.line for a in result.attempts)
 
