@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from appliance.image.proof import cache_report
 from appliance.manifest import Catalog
 from appliance.runtime.served import served_models
 from tests.conftest import REPO
@@ -159,6 +160,21 @@ def test_operator_path_as_written(daemon: Dockerd, operator: Path) -> None:
     status = daemon.docker("exec", "ocr", "supervisorctl", "status").stdout
     assert all(re.search(rf"^{name}\s+RUNNING", status, re.M) for name in [*ENGINES, "gateway"]), status
     assert set(wait_all_ready(daemon, operator).values()) == {"ready"}  # the optional one too, in time
+    # Under Docker Engine too, each model started from its baked compile cache: every graph loaded.
+    uses = cache_report(container_log(daemon, "ocr"), ENGINES)
+    assert all(use.hit for use in uses.values()), uses
+
+
+def container_log(daemon: Dockerd, name: str) -> str:
+    """The container's stdout and stderr as one log in time order (`docker logs` keeps them apart)."""
+    logs = daemon.docker("logs", "--timestamps", name)
+    stamped = [line.partition(" ") for text in (logs.stdout, logs.stderr) for line in text.splitlines()]
+
+    def when(stamp: str) -> str:  # RFC 3339 with the fraction's trailing zeros trimmed: pad it back
+        seconds, _, fraction = stamp.rstrip("Z").partition(".")
+        return seconds + "." + fraction.ljust(9, "0")
+
+    return "\n".join(text for _stamp, _sep, text in sorted(stamped, key=lambda parts: when(parts[0])))
 
 
 def wait_all_ready(daemon: Dockerd, cwd: Path, timeout: float = 600) -> dict[str, str]:
