@@ -12,10 +12,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from appliance.image.bases import CI_BASE_IMAGE
 from appliance.image.bundle import archive_name
 from appliance.image.dockerfile import image_ref
-from appliance.image.tools import image_exists
 from appliance.manifest import Catalog
 from appliance.store.fetch import FetchOptions, fetch_model
 from tests.conftest import REPO, ManifestDir, make_files
@@ -163,6 +164,23 @@ def storage_conf(root: Path) -> Path:
     return conf
 
 
+# The container storage `make offline-image` used, as the test process found it (.ci/run sets one; else
+# the machine's default) — captured before any fixture points the tests at a storage of their own.
+MAIN_JOB_STORAGE = os.environ.get("CONTAINERS_STORAGE_CONF")
+
+
+def use_main_job_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    if MAIN_JOB_STORAGE:
+        monkeypatch.setenv("CONTAINERS_STORAGE_CONF", MAIN_JOB_STORAGE)
+    else:
+        monkeypatch.delenv("CONTAINERS_STORAGE_CONF", raising=False)
+
+
+def _main_job_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_STORAGE_CONF"}
+    return env | ({"CONTAINERS_STORAGE_CONF": MAIN_JOB_STORAGE} if MAIN_JOB_STORAGE else {})
+
+
 def main_job_dist(profile: str = "tiny-cpu") -> Path:
     """The dist/ bundle `make offline-image` saved (the README runs it before the tests) and the warmed
     image it came from, still in the container storage; made here — once, under a lock, as the tests
@@ -172,7 +190,10 @@ def main_job_dist(profile: str = "tiny-cpu") -> Path:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        if not (dist / archive_name(profile)).is_file() or not image_exists(image_ref(profile)):
+        exists = ["podman", "image", "exists", image_ref(profile)]
+        in_storage = subprocess.run(exists, env=_main_job_env(), capture_output=True).returncode == 0
+        if not (dist / archive_name(profile)).is_file() or not in_storage:
             steps = ["store", "verify", "image", "warm", "save"]
-            subprocess.run(["make", "-C", str(REPO), *steps, f"PROFILE={profile}"], check=True)
+            make = ["make", "-C", str(REPO), *steps, f"PROFILE={profile}"]
+            subprocess.run(make, check=True, env=_main_job_env())
     return dist

@@ -29,7 +29,15 @@ from appliance.image.dockerfile import image_ref
 from appliance.image.tools import PODMAN_RUN
 from appliance.manifest import Catalog
 from tests.conftest import REPO, ManifestDir
-from tests.image_support import flip_byte, main_job_dist, random_files, refetch, small_models, storage_conf
+from tests.image_support import (
+    flip_byte,
+    main_job_dist,
+    random_files,
+    refetch,
+    small_models,
+    storage_conf,
+    use_main_job_storage,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +85,13 @@ def _diff_ids(result: BuildResult) -> list[str]:
 # --- the tiny-cpu image: saved again, verified, loaded on an empty host, run ----------------------------
 
 
-def test_tiny_cpu_image_saves_the_same_bytes_loads_and_runs(containers: Path, tmp_path: Path) -> None:
+def test_tiny_cpu_image_saves_the_same_bytes_loads_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The main job's warmed image (built, warmed and saved by `make offline-image`; made here if
     missing): saved again it is the bundle's archive byte for byte, a flipped byte is refused, and
     loaded into an empty storage (the isolated host) it runs and passes the air-gap proof, each
     model starting from its baked compile cache."""
+    _need_tools()
+    use_main_job_storage(monkeypatch)  # where `make offline-image` keeps its image, not this module's storage
     dist = main_job_dist("tiny-cpu")
     catalog = Catalog(REPO / "manifests")
     ref = image_ref("tiny-cpu")
