@@ -80,7 +80,7 @@ endif
 # Two workers: the image/Docker tests mostly wait on disk while the vLLM ones compute.
 TEST_WORKERS ?= 2
 test: setup lint ## every test, integration tests with real parts included (TEST_WORKERS=2 in parallel)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: $(VENV)/.installed ## unit tests only
 	$(VENV)/bin/python -m pytest -m "not slow"

@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
 
 
-# `make test` runs on two workers (pytest-xdist, --dist loadgroup). Each test module is one group,
-# so its module-scoped fixtures (a booted stack, a private dockerd) run once, on one worker; the
+# `make test` runs on two workers (pytest-xdist, --dist loadfile: a test module runs whole on one
+# worker, so its module-scoped fixtures — a booted stack, a private dockerd — run once). The
 # heaviest modules (seconds, measured on a CI run) are queued first so both workers finish together.
+# (Not --dist loadgroup: with pytest 9, xdist 3.8's group suffix no longer reaches the node ids.)
 HEAVY_MODULES = {
     "test_docker_engine": 750, "test_image_build": 600, "test_gateway_stack": 350, "test_runtime_stack": 320,
     "test_gateway_vllm": 260, "test_tiny_models": 210, "test_bundle_delta_images": 90, "test_preflight": 60,
@@ -24,12 +25,10 @@ HEAVY_MODULES = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-    weight = {id(item): HEAVY_MODULES.get(item.module.__name__.rpartition(".")[2], 0) if item.module else 0
-              for item in items}  # fmt: skip
-    items.sort(key=lambda item: -weight[id(item)])  # stable: a module's own order is kept
+    def weight(item: pytest.Item) -> int:
+        return HEAVY_MODULES.get(item.path.stem, 0)
+
+    items.sort(key=lambda item: -weight(item))  # stable: a module's own order is kept
 
 
 @pytest.fixture(autouse=True)
