@@ -246,33 +246,41 @@ def test_cache_layers_come_after_the_code_layer() -> None:
 
 LOG = """\
 [launch m1] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m1)
-[rank0]:I1202 00:26:43.041000 4067 torch/_inductor/codecache.py:2299] [0/0] fx graph cache hit for key fkko7v
-[rank0]:I1202 00:26:43.047000 4067 torch/_functorch/_aot_autograd/autograd_cache.py:1028] [0/0] AOTAutograd \
+(Worker pid=41) INFO 12-02 00:26:40 [cpu_model_runner.py:68] Starting to load model /models/m1...
+[rank0]:I1202 00:26:43.041000 41 torch/_inductor/codecache.py:2299] [0/0] fx graph cache hit for key fkko7v
+[rank0]:I1202 00:26:43.047000 41 torch/_functorch/_aot_autograd/autograd_cache.py:1028] [0/0] AOTAutograd \
 cache hit for key axnnwc
 [launch m2] compile cache: cold (the baked cache does not match this host: torch 2.12 (this host 2.13))
-[rank0]:I1202 00:27:32.036000 4303 torch/_functorch/_aot_autograd/autograd_cache.py:1055] [0/0] AOTAutograd \
+(Worker pid=52) INFO 12-02 00:27:30 [cpu_model_runner.py:68] Starting to load model /models/m2...
+[rank0]:I1202 00:27:32.036000 52 torch/_functorch/_aot_autograd/autograd_cache.py:1055] [0/0] AOTAutograd \
 cache miss for key axnnwc
 [launch m3] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m3)
-(Worker pid=9) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m3/vllm/model
-[rank0]:I1202 00:28:34.375000 4303 torch/_inductor/codecache.py:2316] [1/0] fx graph cache miss for key zz
-[launch m4] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m4)
+(VllmWorker-0 pid=63) INFO 12-02 00:28:30 [gpu_model_runner.py:4000] Starting to load model /models/m3...
+(Worker pid=63) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m3/vllm/model
 [launch m1] compile cache: warm (kept from an earlier start, /var/cache/appliance/compile/m1)
-(Worker pid=9) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m1/vllm/model
+[rank0]:I1202 00:28:34.375000 63 torch/_inductor/codecache.py:2316] [1/0] fx graph cache miss for key zz
+(Worker pid=74) INFO 12-02 00:28:35 [cpu_model_runner.py:68] Starting to load model /models/m1...
+[launch m4] compile cache: warm (seeded 3 files, 1000 bytes from /opt/appliance/warm/m4)
+(Worker pid=74) INFO 12-01 [decorators.py:320] Directly load AOT compilation from path /c/m1/vllm/model
+(Worker pid=85) INFO 12-02 00:28:40 [cpu_model_runner.py:68] Starting to load model /models/m4...
 """
 
 
 def test_proof_needs_every_graph_of_each_warmed_model_loaded() -> None:
-    """Each start's lines are its own (from its launcher line to the next); a start is warm only when
-    the launcher seeded it and torch or vLLM loaded at least one graph and compiled none."""
+    """Each start's lines are its launcher line and its own vLLM process's (by pid) — m1 restarts while
+    m3 is still compiling; a start is warm only when the launcher seeded it and torch or vLLM loaded
+    at least one graph and compiled none."""
     starts = proof.start_logs(LOG, "m1")
     assert len(starts) == 2 and "AOTAutograd cache hit" in starts[0] and "m2" not in starts[0]
     first = proof.cache_use(starts[0])
     assert first.hit and len(first.loads) == 2 and not first.compiles
     report = proof.cache_report(LOG, ["m1", "m2", "m3", "m4", "m5"])
-    assert report["m1"].hit and report["m1"].loads == [LOG.splitlines()[-1]]  # the latest start
+    assert report["m1"].hit and report["m1"].loads == [LOG.splitlines()[-2]]  # the restart, not m3's miss
+    assert report["m1"].launcher.startswith("compile cache: warm (kept")
     assert not report["m2"].hit and report["m2"].launcher.startswith("compile cache: cold (the baked")
     assert len(report["m2"].compiles) == 1
     assert not report["m3"].hit and len(report["m3"].loads) == 1, "one graph compiled: not a warm start"
+    assert len(report["m3"].compiles) == 1
     assert not report["m4"].hit and not report["m4"].loads, "seeded, yet nothing loaded"
     assert report["m5"].launcher == "compile cache: (no launcher line)" and not report["m5"].hit
     result = proof.ProofResult("img", 1.0, caches=report)

@@ -98,7 +98,7 @@ def test_tiny_cpu_image_saves_the_same_bytes_loads_and_runs(tmp_path: Path, monk
     shipped = json.loads((dist / "bundle.json").read_text())
     _image_id, layers = inspect_layers(ref)
     models = ["tiny-paddleocr-vl", "tiny-dots-ocr", "tiny-qwen3-vl"]
-    assert [(la.role, la.model) for la in layers][-9:] == [
+    assert [(la.role, la.model) for la in layers][-8:] == [
         *(("model", m) for m in models), ("deps", None), ("code", None), *(("cache", m) for m in models)
     ]  # fmt: skip
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from appliance.errors import ApplianceError
@@ -91,13 +91,33 @@ CACHE_COMPILED = ("fx graph cache miss for key", "AOTAutograd cache miss for key
                   "Compiling model again due to a load failure")  # fmt: skip
 
 
+# vLLM's worker names the model it loads ("(Worker pid=59) INFO … Starting to load model /models/m...");
+# torch's lines carry the same pid in glog style ("[rank0]:I1202 02:01:20.318000 59 torch/…").
+_LOADING = re.compile(r"\((?:[\w-]+) pid=(?P<pid>\d+)\).*Starting to load model (?P<path>\S+)")
+_VLLM_PID = re.compile(r"\((?:[\w-]+) pid=(?P<pid>\d+)\)")
+_TORCH_PID = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+(?P<pid>\d+) ")
+
+
+def _pid(line: str) -> str | None:
+    found = _TORCH_PID.search(line) or _VLLM_PID.search(line)
+    return found["pid"] if found else None
+
+
 def start_logs(log: str, model: str) -> list[str]:
-    """The log of each start of `model`, oldest first: from its launcher's compile-cache line to the
-    next launcher's. Sound because the boot sequencer starts a model only after the one before it is
-    ready, and a restart happens while the others are already ready."""
-    marks = list(_LAUNCHER_CACHE.finditer(log))
-    ends = [m.start() for m in marks[1:]] + [len(log)]
-    return [log[m.start() : end] for m, end in zip(marks, ends, strict=True) if m["model"] == model]
+    """The log of each start of `model`, oldest first: its launcher's compile-cache line, then the
+    lines of the vLLM process that loaded this model (by pid, from its "Starting to load model" line
+    to the model's next start) — other models' lines interleave when one restarts while another
+    is still starting."""
+    lines = log.splitlines()
+    launches = [i for i, line in enumerate(lines) if (m := _LAUNCHER_CACHE.search(line)) and m["model"] == model]
+    starts = []
+    for n, at in enumerate(launches):
+        until = launches[n + 1] if n + 1 < len(launches) else len(lines)
+        loading = next(((i, found["pid"]) for i in range(at, until) if (found := _LOADING.search(lines[i]))
+                        and PurePosixPath(found["path"].rstrip(".")).name == model), None)  # fmt: skip
+        own = [lines[i] for i in range(loading[0], until) if _pid(lines[i]) == loading[1]] if loading else []
+        starts.append("\n".join([lines[at], *own]))
+    return starts
 
 
 def cache_use(start_log: str) -> CacheUse:
