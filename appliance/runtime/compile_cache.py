@@ -233,7 +233,8 @@ def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None =
     any trouble means a cold start (or, if even the writable dir fails, vLLM's own defaults)."""
     baked = (baked_root or warm_root()) / model
     writable = (writable_root or compile_dir()) / model
-    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()} | engine_env(_kind(host))
+    switches = engine_env(_kind(host))
+    env = {var: str(writable / sub) for sub, var in CACHE_ENV.items()} | switches
     try:
         if _read_key(writable / KEY_JSON) == host and any(writable.glob("*/*")):
             return CacheDecision(True, f"compile cache: warm (kept from an earlier start, {writable})", env)
@@ -252,4 +253,4 @@ def prepare_cache(model: str, host: dict[str, Any], *, baked_root: Path | None =
         return CacheDecision(data is not None, detail, env)
     except OSError as exc:
         detail = f"compile cache: cold (writable dir {writable} unusable: {exc})"
-        return CacheDecision(False, detail, engine_env(_kind(host)))
+        return CacheDecision(False, detail, switches)
